@@ -1,0 +1,113 @@
+"""SavedModel export of the serving functions only (no training graph, no Python state).
+
+Signatures (all TF ops, so `tensorflow_model_server` and `saved_model_cli run` can use them):
+- `serving_default` / `embed_audio`: waveform (B, S) float32 16 kHz mono, sample_rate () int32
+   -> embedding (B, D) float32, L2-normalised speaker embedding (time-mean of the audio
+   identity head). S >= MIN_SAMPLES; sample_rate must be 16000.
+- `embed_face`: frames (B, T, H, W, 3) uint8, T >= 5 -> embedding (B, D) face identity.
+- `content`: waveform, sample_rate -> content (B, T', D) audio content sequence.
+- `face_content`: frames -> content (B, T', D) face content sequence; a clip of T frames and
+   T * 640 samples gives the same T' in both.
+Layout: `<export_root>/<name>/<version>/` with an integer version, as TF Serving expects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from av_disentangle import losses
+from av_disentangle.config import ModelConfig, to_dict
+from av_disentangle.streams import CONTENT, IDENTITY
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+MIN_SAMPLES = 8000  # 0.5 s: at least 12 video frames -> 4 time steps
+MIN_FRAMES = 5
+SIGNATURES = ("serving_default", "embed_audio", "embed_face", "content", "face_content")
+
+
+def _check_waveform(waveform: tf.Tensor, sample_rate: tf.Tensor) -> list:
+    """In-graph checks with messages a client can act on."""
+    return [
+        tf.debugging.assert_equal(
+            sample_rate, SAMPLE_RATE,
+            message=f"sample_rate must be {SAMPLE_RATE} Hz: resample the audio to 16 kHz mono "
+                    "before calling this model"),
+        tf.debugging.assert_greater_equal(
+            tf.shape(waveform)[1], MIN_SAMPLES,
+            message=f"waveform is too short: at least {MIN_SAMPLES} samples "
+                    f"({MIN_SAMPLES / SAMPLE_RATE:.1f} s at 16 kHz) are needed"),
+    ]
+
+
+def _check_frames(frames: tf.Tensor) -> list:
+    return [tf.debugging.assert_greater_equal(
+        tf.shape(frames)[1], MIN_FRAMES,
+        message=f"too few frames: at least {MIN_FRAMES} face frames (25 fps) are needed")]
+
+
+def build_export_archive(face_stream: keras.Model, audio_stream: keras.Model,
+                         config: ModelConfig) -> keras.export.ExportArchive:
+    """ExportArchive with the signatures of the module docstring."""
+    archive = keras.export.ExportArchive()
+    archive.track(face_stream)
+    archive.track(audio_stream)
+    size = config.face_size
+    wave_spec = [tf.TensorSpec([None, None], tf.float32, name="waveform"),
+                 tf.TensorSpec([], tf.int32, name="sample_rate")]
+    frames_spec = [tf.TensorSpec([None, None, size, size, 3], tf.uint8, name="frames")]
+
+    def embed_audio(waveform, sample_rate):
+        with tf.control_dependencies(_check_waveform(waveform, sample_rate)):
+            identity = audio_stream(tf.identity(waveform), training=False)[IDENTITY]
+        return {"embedding": losses.time_pool(identity)}
+
+    def audio_content(waveform, sample_rate):
+        with tf.control_dependencies(_check_waveform(waveform, sample_rate)):
+            return {"content": audio_stream(tf.identity(waveform), training=False)[CONTENT]}
+
+    def embed_face(frames):
+        with tf.control_dependencies(_check_frames(frames)):
+            identity = face_stream(tf.identity(frames), training=False)[IDENTITY]
+        return {"embedding": losses.time_pool(identity)}
+
+    def face_content(frames):
+        with tf.control_dependencies(_check_frames(frames)):
+            return {"content": face_stream(tf.identity(frames), training=False)[CONTENT]}
+
+    archive.add_endpoint("serving_default", embed_audio, input_signature=wave_spec)
+    archive.add_endpoint("embed_audio", embed_audio, input_signature=wave_spec)
+    archive.add_endpoint("embed_face", embed_face, input_signature=frames_spec)
+    archive.add_endpoint("content", audio_content, input_signature=wave_spec)
+    archive.add_endpoint("face_content", face_content, input_signature=frames_spec)
+    return archive
+
+
+def next_version_dir(export_root: str) -> str:
+    """`export_root/<max existing integer version + 1>` (TF Serving's layout)."""
+    versions = [int(d) for d in (os.listdir(export_root) if os.path.isdir(export_root) else [])
+                if d.isdigit()]
+    return os.path.join(export_root, str(max(versions, default=0) + 1))
+
+
+def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
+                       config: ModelConfig, export_dir: str) -> str:
+    """Writes the SavedModel to `export_dir` (a versioned dir) plus `model_config.json`."""
+    if tf.io.gfile.exists(export_dir):
+        raise FileExistsError(f"export directory {export_dir} already exists; TF Serving "
+                              "versions are immutable, pick a new version")
+    tmp_dir = export_dir.rstrip("/") + ".tmp"
+    if tf.io.gfile.exists(tmp_dir):
+        tf.io.gfile.rmtree(tmp_dir)
+    build_export_archive(face_stream, audio_stream, config).write_out(tmp_dir, verbose=False)
+    with tf.io.gfile.GFile(os.path.join(tmp_dir, "model_config.json"), "w") as f:
+        json.dump(to_dict(config), f, indent=2)
+    tf.io.gfile.rename(tmp_dir, export_dir)  # a half-written export never looks complete
+    log.info("exported SavedModel to %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
+    return export_dir

@@ -1,0 +1,86 @@
+"""Small custom layers: gradient reversal, L2 normalisation, scaled cosine similarity."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+# === Layers ===
+@keras.saving.register_keras_serializable(package="av_disentangle")
+class GradientReversal(keras.layers.Layer):
+    """Identity in the forward pass, gradient multiplied by `-scale` in the backward pass.
+
+    Written here (10 lines) because tensorflow-addons is dead with Keras 3 and Keras has none.
+
+    Args:
+      scale: lambda, the factor of the reversed gradient.
+
+    Example:
+    >>> GradientReversal(scale=0.5)(tf.ones([2, 3]))  # forward: unchanged
+    """
+
+    def __init__(self, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        scale = self.scale
+
+        @tf.custom_gradient
+        def reverse(x):
+            return tf.identity(x), lambda dy: -scale * dy
+
+        return reverse(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="av_disentangle")
+class L2Normalize(keras.layers.Layer):
+    """L2-normalises the last axis: (..., D) -> (..., D) of unit norm."""
+
+    def call(self, inputs):
+        return tf.math.l2_normalize(inputs, axis=-1, epsilon=1e-12)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="av_disentangle")
+class ScaledCosine(keras.layers.Layer):
+    """Learnable affine map of cosine similarities, `w * cos + b` (reference: w=10, b=-5).
+
+    Call with two L2-normalised tensors `a` (..., N, D) and `b` (..., M, D); returns logits
+    (..., N, M) = w * a @ b^T + b. Under a softmax over M the bias cancels (zero gradient);
+    it is kept for parity with the reference code and for sigmoid-style uses of the logits.
+
+    Args:
+      init_scale, init_bias: initial w and b.
+    """
+
+    def __init__(self, init_scale: float = 10.0, init_bias: float = -5.0, **kwargs):
+        super().__init__(**kwargs)
+        self.init_scale = float(init_scale)
+        self.init_bias = float(init_bias)
+
+    def build(self, input_shape=None):
+        self.scale = self.add_weight(name="scale", shape=(),
+                                     initializer=keras.initializers.Constant(self.init_scale))
+        self.bias = self.add_weight(name="bias", shape=(),
+                                    initializer=keras.initializers.Constant(self.init_bias))
+
+    def call(self, a, b, frozen: bool = False):
+        """`frozen=True` uses w and b without passing gradients to them (confusion terms)."""
+        scale, bias = self.scale, self.bias
+        if frozen:
+            scale, bias = tf.stop_gradient(scale), tf.stop_gradient(bias)
+        return scale * tf.linalg.matmul(a, b, transpose_b=True) + bias
+
+    def get_config(self):
+        return {**super().get_config(), "init_scale": self.init_scale,
+                "init_bias": self.init_bias}

@@ -1,0 +1,1 @@
+"""Data preparation (video -> sharded TFRecords) and tf.data input pipelines."""

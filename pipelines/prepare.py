@@ -1,0 +1,619 @@
+"""Preparation command: talking-face videos -> sharded TFRecords (one Example per track).
+
+    python -m pipelines.prepare --source {voxceleb2,videos} --input DIR --output DIR \
+        [--workers N] [--num_shards N --shard_index I] [--face_size 112] [--min_frames 50] \
+        [--tracks_per_shard K] [--no_detect]
+
+Sources:
+  voxceleb2  `DIR/mp4/<id>/<video>/<utt>.mp4` (or DIR is the mp4 folder itself) with
+             `DIR/txt/<id>/<video>/<utt>.txt` (or a sibling `txt/` folder, or the .txt beside
+             the .mp4). The clips are face crops already: whole frames are resized. The txt
+             `Offset` is applied to the audio (convention in `records.py`); a missing txt
+             means offset 0 and the identity from the folder name, listed as a warning.
+  videos     any folder (recursive) of .mp4 .mpg .avi .mov .mkv .webm with audio; the face
+             is detected and tracked with OpenCV's Haar cascade and cropped (`faces.py`),
+             unless `--no_detect` (clips that are crops already). Identity = parent folder.
+
+Sharding and resumption: the input files are sorted by track id and split into fixed chunks
+of `--tracks_per_shard` files; chunk s becomes `shard-{s:05d}-of-{S:05d}.tfrecord` (a shard
+can hold fewer tracks when files are skipped). `--num_shards J --shard_index I` makes this run
+do only the chunks with `s % J == I`, so J cluster jobs can write into the same folder.
+A shard is written to a hidden temp name and renamed when complete, then its sidecar
+`shard-...json` (tracks, skipped files, warnings, fingerprint of inputs + settings) is
+written the same way. A shard counts as finished when both exist and the fingerprint matches;
+a rerun skips finished shards. `manifest.json`, `report.json` and `report.txt` are rebuilt
+from all sidecars present (so concurrent jobs never lose each other's results; the last job
+to finish, or `--merge_only`, leaves the complete view).
+
+Workers (`--workers`) decode, track and crop in `spawn` processes that never import
+TensorFlow; only the main process imports it, to serialise and write the shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pipelines import faces as faces_lib
+from pipelines import media
+
+log = logging.getLogger("pipelines.prepare")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm")
+SHARD_PATTERN = "shard-*-of-*.tfrecord"
+FORMAT_VERSION = 1
+
+
+# === Config ===
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """Settings that change what is written (part of each shard's fingerprint).
+
+    Attributes:
+      face_size: side of the stored face crops.
+      min_frames: clips shorter than this (after reconciliation) are skipped.
+      tracks_per_shard: input files per shard.
+      max_side: frames are downscaled while decoding so the longer side is at most this
+        (face detection sources only; crops are never larger than the source anyway).
+      jpeg_quality: JPEG quality of the stored frames.
+      max_av_mismatch_frames: see `media.reconcile_lengths`.
+      face: face tracking settings (its `face_size` is overridden by `face_size`).
+    """
+
+    face_size: int = 112
+    min_frames: int = 50
+    tracks_per_shard: int = 64
+    max_side: int = 720
+    jpeg_quality: int = 90
+    max_av_mismatch_frames: float = media.DEFAULT_MAX_AV_MISMATCH_FRAMES
+    face: faces_lib.FaceConfig = faces_lib.FaceConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """One input file and what to do with it.
+
+    Attributes:
+      path: the video file.
+      track_id, video_id, identity: metadata written with the track.
+      source: `voxceleb2` or `videos` (recorded in the manifest).
+      av_offset_frames: offset to apply (VoxCeleb2 txt `Offset`).
+      detect: True to detect/track/crop the face, False to resize whole frames.
+      warnings: notes found while listing (e.g. a missing txt).
+    """
+
+    path: str
+    track_id: str
+    video_id: str = ""
+    identity: str = ""
+    source: str = "videos"
+    av_offset_frames: int = 0
+    detect: bool = True
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipResult:
+    """What a worker returns: either frames+audio or a skip reason.
+
+    Attributes:
+      spec: the input.
+      frames: (F, face_size, face_size, 3) uint8, or None when skipped.
+      audio: (F * 640,) int16, or None when skipped.
+      skip_reason: `corrupt`, `no_audio`, `no_video`, `too_short`, `no_face`, `error`
+        (or None).
+      skip_detail: free text.
+      warnings: notes for the report.
+    """
+
+    spec: ClipSpec
+    frames: np.ndarray | None = None
+    audio: np.ndarray | None = None
+    skip_reason: str | None = None
+    skip_detail: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSummary:
+    """Outcome of one `prepare` call (this job's shards plus the merged folder view)."""
+
+    output_dir: str
+    shards_total: int
+    shards_written: int
+    shards_skipped_finished: int
+    tracks_written: int
+    files_skipped: int
+    shard_paths: tuple[str, ...]
+    complete: bool
+    seconds: float
+
+
+# === Listing inputs ===
+
+def parse_voxceleb_txt(path: str | os.PathLike) -> dict[str, str]:
+    """Reads the `Key : value` header of a VoxCeleb txt (Identity, Reference, Offset, ...)."""
+    header = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                break  # the FRAME table follows the first blank line
+            if ":" in line:
+                key, value = line.split(":", 1)
+                header[key.strip()] = value.strip().split()[0] if value.strip() else ""
+    return header
+
+
+def list_voxceleb2(input_dir: str | os.PathLike) -> list[ClipSpec]:
+    """Lists `mp4/<id>/<video>/<utt>.mp4` files with offsets and identities from their txt."""
+    root = pathlib.Path(input_dir)
+    mp4_root = root / "mp4" if (root / "mp4").is_dir() else root
+    txt_roots = [r for r in (root / "txt", mp4_root.parent / "txt") if r.is_dir()]
+    specs = []
+    for path in sorted(mp4_root.rglob("*.mp4")):
+        rel = path.relative_to(mp4_root).with_suffix("")
+        parts = rel.parts
+        identity = parts[0] if len(parts) >= 2 else ""
+        video_id = parts[-2] if len(parts) >= 2 else ""
+        warnings = []
+        candidates = [r / rel.with_suffix(".txt") for r in txt_roots] + [path.with_suffix(".txt")]
+        txt = next((c for c in candidates if c.is_file()), None)
+        offset = 0
+        if txt is None:
+            warnings.append("missing txt: offset 0 assumed, identity from folder name")
+        else:
+            try:
+                header = parse_voxceleb_txt(txt)
+                offset = int(header["Offset"])
+                identity = header.get("Identity") or identity
+            except (KeyError, ValueError, OSError) as e:
+                warnings.append(f"unreadable txt {txt} ({e!r}): offset 0 assumed")
+                offset = 0
+        specs.append(ClipSpec(path=str(path), track_id=rel.as_posix(), video_id=video_id,
+                              identity=identity, source="voxceleb2", av_offset_frames=offset,
+                              detect=False, warnings=tuple(warnings)))
+    return specs
+
+
+def list_videos(input_dir: str | os.PathLike, detect: bool = True,
+                prefix: str = "") -> list[ClipSpec]:
+    """Lists video files (recursive). track_id = `prefix` + relative path without extension."""
+    root = pathlib.Path(input_dir)
+    paths = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    stems = collections.Counter(p.relative_to(root).with_suffix("").as_posix() for p in paths)
+    specs = []
+    for path in paths:
+        rel = path.relative_to(root)
+        track_id = rel.with_suffix("").as_posix()
+        if stems[track_id] > 1:  # a.mp4 and a.avi side by side
+            track_id = rel.as_posix()
+        identity = rel.parent.name if rel.parent.parts else root.name
+        specs.append(ClipSpec(path=str(path), track_id=prefix + track_id,
+                              video_id=prefix + track_id, identity=identity, source="videos",
+                              detect=detect))
+    return specs
+
+
+# === Worker (no TensorFlow here) ===
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def process_clip(spec: ClipSpec, config: PrepareConfig, threads: int = 0) -> ClipResult:
+    """Decodes, synchronises and crops one clip. Never raises: failures become skip reasons."""
+    warnings = list(spec.warnings)
+    try:
+        clip = media.decode_clip(spec.path, av_offset_frames=spec.av_offset_frames,
+                                 max_side=config.max_side if spec.detect else None,
+                                 max_mismatch_frames=config.max_av_mismatch_frames,
+                                 threads=threads)
+        warnings.extend(clip.warnings)
+        if clip.num_frames < config.min_frames:
+            return ClipResult(spec, skip_reason="too_short", warnings=tuple(warnings),
+                              skip_detail=f"{clip.num_frames} frames "
+                                          f"({clip.num_frames / media.FPS:.2f} s) < min_frames "
+                                          f"{config.min_frames}")
+        if spec.detect:
+            face_cfg = dataclasses.replace(config.face, face_size=config.face_size)
+            crops = faces_lib.crop_faces(clip.frames, face_cfg)
+        else:
+            crops = faces_lib.resize_frames(clip.frames, config.face_size)
+        return ClipResult(spec, frames=crops, audio=clip.audio, warnings=tuple(warnings))
+    except media.MediaError as e:
+        return ClipResult(spec, skip_reason=e.reason, skip_detail=e.detail,
+                          warnings=tuple(warnings))
+    except faces_lib.NoFaceError as e:
+        return ClipResult(spec, skip_reason="no_face", skip_detail=e.detail,
+                          warnings=tuple(warnings))
+    except Exception as e:  # noqa: BLE001 - one bad file must never abort the job
+        log.exception("%s: unexpected error", spec.path)
+        return ClipResult(spec, skip_reason="error", skip_detail=repr(e),
+                          warnings=tuple(warnings))
+
+
+def _process_in_worker(args: tuple[ClipSpec, PrepareConfig]) -> ClipResult:
+    return process_clip(args[0], args[1], threads=1)
+
+
+def _results_in_order(specs: Sequence[ClipSpec], config: PrepareConfig,
+                      workers: int) -> Iterator[ClipResult]:
+    """Yields `process_clip` results in input order, with at most 4 * workers in flight."""
+    if workers <= 1:
+        for spec in specs:
+            yield process_clip(spec, config)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
+                                                initializer=_init_worker) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(specs)
+        for spec in it:
+            pending.append((spec, pool.submit(_process_in_worker, (spec, config))))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            spec, future = pending.popleft()
+            try:
+                result = future.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                raise
+            except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result
+                result = ClipResult(spec, skip_reason="error", skip_detail=repr(e))
+            yield result
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_process_in_worker, (nxt, config))))
+
+
+# === Shards ===
+
+def shard_name(index: int, total: int) -> str:
+    return f"shard-{index:05d}-of-{total:05d}.tfrecord"
+
+
+def _sidecar_path(output_dir: pathlib.Path, index: int, total: int) -> pathlib.Path:
+    return output_dir / (shard_name(index, total)[: -len(".tfrecord")] + ".json")
+
+
+def _temp_path(final: pathlib.Path) -> pathlib.Path:
+    # hidden and with a different suffix: never matches `shard-*.tfrecord`
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def _fingerprint(specs: Sequence[ClipSpec], config: PrepareConfig) -> str:
+    payload = json.dumps({"version": FORMAT_VERSION, "config": dataclasses.asdict(config),
+                          "inputs": [dataclasses.asdict(s) for s in specs]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _write_json_atomic(path: pathlib.Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: pathlib.Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _shard_finished(output_dir: pathlib.Path, index: int, total: int, fingerprint: str) -> bool:
+    final = output_dir / shard_name(index, total)
+    sidecar = _read_json(_sidecar_path(output_dir, index, total))
+    return final.is_file() and sidecar is not None and sidecar.get("fingerprint") == fingerprint
+
+
+def _remove_stale_temps(output_dir: pathlib.Path, index: int, total: int) -> None:
+    name = shard_name(index, total)
+    for stale in output_dir.glob(f".{name}.tmp-*"):
+        log.info("removing leftover temp file %s", stale)
+        stale.unlink(missing_ok=True)
+
+
+def _write_shard(output_dir: pathlib.Path, index: int, total: int, results: list[ClipResult],
+                 fingerprint: str, config: PrepareConfig) -> dict:
+    """Writes one shard atomically and then its sidecar; returns the sidecar dict."""
+    import tensorflow as tf  # only the writing process imports TensorFlow
+
+    from pipelines import records
+
+    final = output_dir / shard_name(index, total)
+    tmp = _temp_path(final)
+    tracks, skipped, warnings = [], [], []
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for r in results:
+                for w in r.warnings:
+                    warnings.append({"path": r.spec.path, "track_id": r.spec.track_id,
+                                     "message": w})
+                if r.skip_reason is not None:
+                    skipped.append({"path": r.spec.path, "track_id": r.spec.track_id,
+                                    "reason": r.skip_reason, "detail": r.skip_detail})
+                    continue
+                track = records.Track(frames=r.frames, audio=r.audio, track_id=r.spec.track_id,
+                                      video_id=r.spec.video_id, identity=r.spec.identity,
+                                      source_path=r.spec.path,
+                                      av_offset_frames=r.spec.av_offset_frames)
+                writer.write(records.encode_track(track, jpeg_quality=config.jpeg_quality))
+                tracks.append({"track_id": r.spec.track_id, "video_id": r.spec.video_id,
+                               "identity": r.spec.identity, "num_frames": int(r.frames.shape[0]),
+                               "av_offset_frames": r.spec.av_offset_frames,
+                               "source": r.spec.source, "source_path": r.spec.path})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    sidecar = {"shard": final.name, "index": index, "num_shards": total,
+               "fingerprint": fingerprint, "num_tracks": len(tracks), "tracks": tracks,
+               "skipped": skipped, "warnings": warnings,
+               "inputs": [r.spec.path for r in results], "finished_at": time.time()}
+    _write_json_atomic(_sidecar_path(output_dir, index, total), sidecar)
+    return sidecar
+
+
+def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, str] | None = None,
+                  total: int | None = None) -> dict:
+    """Rebuilds `manifest.json`, `report.json` and `report.txt` from the shard sidecars.
+
+    Args:
+      output_dir: the output folder.
+      shard_fingerprints: expected fingerprint per shard index; sidecars that do not match
+        (left over from a run with other inputs/settings) are ignored. None accepts all
+        sidecars of the `total` with the most sidecars.
+      total: number of shards of the current input list.
+    Returns:
+      The manifest dict.
+    """
+    out = pathlib.Path(output_dir)
+    sidecars = []
+    for path in sorted(out.glob("shard-*-of-*.json")):
+        sc = _read_json(path)
+        if sc is None or not (out / sc.get("shard", "")).is_file():
+            continue
+        sidecars.append(sc)
+    if total is None and sidecars:
+        total = collections.Counter(sc["num_shards"] for sc in sidecars).most_common(1)[0][0]
+    valid = [sc for sc in sidecars if sc["num_shards"] == total and (
+        shard_fingerprints is None or shard_fingerprints.get(sc["index"]) == sc["fingerprint"])]
+    valid.sort(key=lambda sc: sc["index"])
+    done = {sc["index"] for sc in valid}
+    missing = [shard_name(i, total) for i in range(total or 0) if i not in done]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "num_shards": total or 0,
+        "complete": not missing,
+        "missing_shards": missing,
+        "num_tracks": sum(sc["num_tracks"] for sc in valid),
+        "shards": [{"file": sc["shard"], "num_tracks": sc["num_tracks"]} for sc in valid],
+        "tracks": [dict(t, shard=sc["shard"]) for sc in valid for t in sc["tracks"]],
+    }
+    skipped = [s for sc in valid for s in sc["skipped"]]
+    warnings = [w for sc in valid for w in sc["warnings"]]
+    reasons = collections.Counter(s["reason"] for s in skipped)
+    report = {"complete": not missing, "num_shards": total or 0, "shards_done": len(valid),
+              "missing_shards": missing, "num_tracks": manifest["num_tracks"],
+              "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
+              "num_warnings": len(warnings), "skipped": skipped, "warnings": warnings}
+    _write_json_atomic(out / "manifest.json", manifest)
+    _write_json_atomic(out / "report.json", report)
+    lines = [f"Preparation report for {out}",
+             f"shards: {len(valid)} of {total or 0} done" + ("" if not missing else
+                                                            f" ({len(missing)} missing)"),
+             f"tracks written: {manifest['num_tracks']}",
+             f"files skipped: {len(skipped)}"
+             + "".join(f"\n  {k}: {v}" for k, v in sorted(reasons.items())),
+             f"warnings: {len(warnings)}", "", "Skipped files:"]
+    lines += [f"  {s['path']}: {s['reason']}" + (f" - {s['detail']}" if s["detail"] else "")
+              for s in skipped] or ["  (none)"]
+    lines += ["", "Warnings (files kept):"]
+    lines += [f"  {w['path']}: {w['message']}" for w in warnings] or ["  (none)"]
+    tmp = out / f".report.txt.tmp-{os.getpid()}"
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "report.txt")
+    return manifest
+
+
+# === Driver ===
+
+def prepare(specs: Sequence[ClipSpec], output_dir: str | os.PathLike,
+            config: PrepareConfig = PrepareConfig(), workers: int = 1, num_jobs: int = 1,
+            job_index: int = 0, progress: bool = True) -> PrepareSummary:
+    """Prepares `specs` into sharded TFRecords in `output_dir` (resumable, atomic shards).
+
+    Args:
+      specs: input clips; sorted by track id here so the shard assignment is deterministic.
+      output_dir: created if needed.
+      config: what to write.
+      workers: local processes (1 = in this process).
+      num_jobs, job_index: this run does the shards with `index % num_jobs == job_index`.
+      progress: show a tqdm progress bar.
+    Returns:
+      PrepareSummary; the folder's merged manifest/report are written as a side effect.
+    """
+    import tqdm
+
+    if not 0 <= job_index < num_jobs:
+        raise ValueError(f"shard_index {job_index} not in [0, {num_jobs})")
+    start = time.time()
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = sorted(specs, key=lambda s: s.track_id)
+    ids = collections.Counter(s.track_id for s in specs)
+    dupes = [t for t, n in ids.items() if n > 1]
+    if dupes:
+        raise ValueError(f"duplicate track ids: {dupes[:5]}")
+    per = max(1, config.tracks_per_shard)
+    total = (len(specs) + per - 1) // per
+    chunks = [specs[i * per:(i + 1) * per] for i in range(total)]
+    fingerprints = {i: _fingerprint(chunk, config) for i, chunk in enumerate(chunks)}
+    mine = [i for i in range(total) if i % num_jobs == job_index]
+    todo = [i for i in mine if not _shard_finished(out, i, total, fingerprints[i])]
+    finished = len(mine) - len(todo)
+    if finished:
+        log.info("%d of this job's %d shards already finished, skipping them", finished,
+                 len(mine))
+    for i in todo:
+        _remove_stale_temps(out, i, total)
+
+    todo_specs = [s for i in todo for s in chunks[i]]
+    written = 0
+    bar = tqdm.tqdm(total=len(todo_specs), unit="clip", desc="prepare", disable=not progress)
+    results = _results_in_order(todo_specs, config, workers)
+    try:
+        for i in todo:
+            shard_results = []
+            for _ in chunks[i]:
+                r = next(results)
+                if r.skip_reason:
+                    log.warning("skipped %s: %s %s", r.spec.path, r.skip_reason, r.skip_detail)
+                for w in r.warnings:
+                    log.warning("%s: %s", r.spec.path, w)
+                shard_results.append(r)
+                bar.update(1)
+            sidecar = _write_shard(out, i, total, shard_results, fingerprints[i], config)
+            written += 1
+            log.info("wrote %s (%d tracks, %d skipped)", sidecar["shard"], sidecar["num_tracks"],
+                     len(sidecar["skipped"]))
+    finally:
+        bar.close()
+        results.close()
+    manifest = merge_reports(out, fingerprints, total)
+    return PrepareSummary(
+        output_dir=str(out), shards_total=total, shards_written=written,
+        shards_skipped_finished=finished, tracks_written=manifest["num_tracks"],
+        files_skipped=sum(1 for _ in _iter_skipped(out)),
+        shard_paths=tuple(str(out / s["file"]) for s in manifest["shards"]),
+        complete=manifest["complete"], seconds=time.time() - start)
+
+
+def _iter_skipped(out: pathlib.Path) -> Iterator[dict]:
+    report = _read_json(out / "report.json") or {}
+    yield from report.get("skipped", [])
+
+
+def bundled_sample_specs() -> list[ClipSpec]:
+    """The bundled sample clips: pcavs_vox2 mp4 (crops, no detection) + GRID mpg (detection)."""
+    pcavs = [s for s in list_videos(SAMPLES_DIR / "pcavs_vox2", detect=False,
+                                    prefix="pcavs_vox2/") if s.path.endswith(".mp4")]
+    grid = [s for s in list_videos(SAMPLES_DIR / "grid", detect=True, prefix="grid/")
+            if s.path.endswith(".mpg")]
+    return pcavs + grid
+
+
+def prepare_bundled_samples(output_dir: str | os.PathLike, face_size: int = 112,
+                            workers: int = 1, tracks_per_shard: int = 8,
+                            min_frames: int = 50) -> list[str]:
+    """Prepares the bundled sample videos into `output_dir` unless already there.
+
+    `data/samples/pcavs_vox2/**/*.mp4` are face crops (resized, no detection);
+    `data/samples/grid/**/*.mpg` get face detection. track ids are `pcavs_vox2/<rel path>`
+    and `grid/<rel path>` without extension. Finished shards are reused.
+
+    Returns:
+      Paths of the shards holding at least one track, sorted.
+    """
+    config = PrepareConfig(face_size=face_size, min_frames=min_frames,
+                           tracks_per_shard=tracks_per_shard)
+    prepare(bundled_sample_specs(), output_dir, config, workers=workers, progress=False)
+    manifest = _read_json(pathlib.Path(output_dir) / "manifest.json") or {}
+    return sorted(str(pathlib.Path(output_dir) / s["file"]) for s in manifest.get("shards", [])
+                  if s["num_tracks"] > 0)
+
+
+# === CLI ===
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.prepare", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", choices=("voxceleb2", "videos"), required=True)
+    p.add_argument("--input", required=True, help="input folder")
+    p.add_argument("--output", required=True, help="output folder (shards, manifest, report)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="local worker processes (default: all cores)")
+    p.add_argument("--num_shards", type=int, default=1,
+                   help="number of independent jobs the shard list is split into")
+    p.add_argument("--shard_index", type=int, default=0, help="which of those jobs this is")
+    p.add_argument("--face_size", type=int, default=112)
+    p.add_argument("--min_frames", type=int, default=50,
+                   help="skip clips shorter than this many frames (the training window)")
+    p.add_argument("--tracks_per_shard", type=int, default=64)
+    p.add_argument("--no_detect", action="store_true",
+                   help="videos source: clips are face crops already, resize whole frames")
+    p.add_argument("--max_side", type=int, default=720,
+                   help="downscale frames to this longer side before face detection")
+    p.add_argument("--merge_only", action="store_true",
+                   help="only rebuild manifest/report from the shard sidecars")
+    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--log_level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not pathlib.Path(args.input).is_dir():
+        log.error("input folder %s does not exist", args.input)
+        return 2
+    if args.source == "voxceleb2":
+        specs = list_voxceleb2(args.input)
+    else:
+        specs = list_videos(args.input, detect=not args.no_detect)
+    config = PrepareConfig(face_size=args.face_size, min_frames=args.min_frames,
+                           tracks_per_shard=args.tracks_per_shard, max_side=args.max_side)
+    if args.merge_only:
+        per = max(1, config.tracks_per_shard)
+        specs = sorted(specs, key=lambda s: s.track_id)
+        total = (len(specs) + per - 1) // per
+        fps = {i: _fingerprint(specs[i * per:(i + 1) * per], config) for i in range(total)}
+        manifest = merge_reports(args.output, fps, total)
+        print(f"merged: {manifest['num_tracks']} tracks in {len(manifest['shards'])} of "
+              f"{total} shards, complete={manifest['complete']}")
+        return 0
+    if not specs:
+        log.error("no input videos found under %s", args.input)
+        return 2
+    log.info("%d input files, %d per shard", len(specs), config.tracks_per_shard)
+    summary = prepare(specs, args.output, config, workers=args.workers,
+                      num_jobs=args.num_shards, job_index=args.shard_index,
+                      progress=not args.no_progress)
+    print(f"prepared {args.output}: {summary.tracks_written} tracks in "
+          f"{len(summary.shard_paths)} of {summary.shards_total} shards, "
+          f"{summary.files_skipped} files skipped (see report.txt); this job wrote "
+          f"{summary.shards_written} shards, {summary.shards_skipped_finished} already done; "
+          f"complete={summary.complete}; {summary.seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

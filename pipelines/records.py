@@ -1,0 +1,156 @@
+"""The TFRecord schema shared by every producer (prepare, synthetic) and consumer (input).
+
+One `tf.train.Example` per face track:
+
+| key                | type            | meaning                                                        |
+|--------------------|-----------------|----------------------------------------------------------------|
+| `frames`           | bytes list      | one JPEG per video frame, RGB, all `height` x `width`          |
+| `audio`            | bytes           | int16 little-endian PCM, mono, `sample_rate` Hz                |
+| `num_frames`       | int64           | number of video frames F                                       |
+| `num_samples`      | int64           | number of audio samples, always F * SAMPLES_PER_FRAME          |
+| `fps`              | float           | always 25.0 (prepare resamples by timestamp)                   |
+| `sample_rate`      | int64           | always 16000                                                   |
+| `height`, `width`  | int64           | face crop size                                                 |
+| `av_offset_frames` | int64           | audio-video offset that was APPLIED during preparation         |
+| `track_id`         | bytes           | unique track id, e.g. `id00017/01dfn2spqyE/00001`              |
+| `video_id`         | bytes           | the video the track came from                                  |
+| `identity`         | bytes           | identity label if known (metadata only, never used in training)|
+| `source_path`      | bytes           | the file it was decoded from                                   |
+
+Alignment contract: audio is stored already synchronised with the frames. Audio sample
+`i * SAMPLES_PER_FRAME` is the start of video frame `i` (640 samples = 40 ms = one frame at
+25 fps = 4 log-mel frames at a 10 ms hop). Offset convention: an offset of `k` frames means the
+sound of video frame `i` was found at audio time `(i + k) / 25` s in the source file; preparation
+shifts the audio by `k` frames so the contract above holds, and records `k` here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+SAMPLE_RATE = 16000
+FPS = 25.0
+SAMPLES_PER_FRAME = 640  # 16000 / 25
+MEL_FRAMES_PER_VIDEO_FRAME = 4  # 10 ms hop at 16 kHz = 160 samples; 640 / 160
+
+
+@dataclasses.dataclass(frozen=True)
+class Track:
+    """One face track in memory, the unit written as one Example.
+
+    Attributes:
+      frames: (F, H, W, 3) uint8 RGB face crops at 25 fps.
+      audio: (F * 640,) int16 mono PCM at 16 kHz, synchronised with `frames`.
+      track_id, video_id, identity, source_path: metadata strings.
+      av_offset_frames: the offset that was applied to `audio`.
+    """
+
+    frames: np.ndarray
+    audio: np.ndarray
+    track_id: str
+    video_id: str = ""
+    identity: str = ""
+    source_path: str = ""
+    av_offset_frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"track {self.track_id}: frames must be (F, H, W, 3) uint8, got "
+                             f"{self.frames.shape} {self.frames.dtype}")
+        if self.audio.dtype != np.int16 or self.audio.ndim != 1:
+            raise ValueError(f"track {self.track_id}: audio must be (S,) int16, got "
+                             f"{self.audio.shape} {self.audio.dtype}")
+        if self.audio.shape[0] != self.frames.shape[0] * SAMPLES_PER_FRAME:
+            raise ValueError(f"track {self.track_id}: audio has {self.audio.shape[0]} samples, "
+                             f"expected {self.frames.shape[0]} frames x {SAMPLES_PER_FRAME}")
+
+
+def _bytes(values: list[bytes]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_track(track: Track, jpeg_quality: int = 90) -> bytes:
+    """Serialises a Track to a `tf.train.Example` string (JPEG via OpenCV)."""
+    import cv2  # local: only producers need OpenCV
+
+    jpegs = []
+    for frame in track.frames:
+        ok, buf = cv2.imencode(".jpg", frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:
+            raise ValueError(f"track {track.track_id}: JPEG encoding failed")
+        jpegs.append(buf.tobytes())
+    num_frames, height, width, _ = track.frames.shape
+    feature = {
+        "frames": _bytes(jpegs),
+        "audio": _bytes([track.audio.astype("<i2").tobytes()]),
+        "num_frames": _int(num_frames),
+        "num_samples": _int(track.audio.shape[0]),
+        "fps": tf.train.Feature(float_list=tf.train.FloatList(value=[FPS])),
+        "sample_rate": _int(SAMPLE_RATE),
+        "height": _int(height),
+        "width": _int(width),
+        "av_offset_frames": _int(track.av_offset_frames),
+        "track_id": _bytes([track.track_id.encode()]),
+        "video_id": _bytes([track.video_id.encode()]),
+        "identity": _bytes([track.identity.encode()]),
+        "source_path": _bytes([track.source_path.encode()]),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)  # byte-reproducible shards
+
+
+FEATURE_SPEC = {
+    "frames": tf.io.VarLenFeature(tf.string),
+    "audio": tf.io.FixedLenFeature([], tf.string),
+    "num_frames": tf.io.FixedLenFeature([], tf.int64),
+    "num_samples": tf.io.FixedLenFeature([], tf.int64),
+    "fps": tf.io.FixedLenFeature([], tf.float32),
+    "sample_rate": tf.io.FixedLenFeature([], tf.int64),
+    "height": tf.io.FixedLenFeature([], tf.int64),
+    "width": tf.io.FixedLenFeature([], tf.int64),
+    "av_offset_frames": tf.io.FixedLenFeature([], tf.int64),
+    "track_id": tf.io.FixedLenFeature([], tf.string),
+    "video_id": tf.io.FixedLenFeature([], tf.string),
+    "identity": tf.io.FixedLenFeature([], tf.string),
+    "source_path": tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses one serialized Example. Frames stay JPEG-encoded: `frames` is (F,) tf.string."""
+    parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+    parsed["frames"] = tf.sparse.to_dense(parsed["frames"], default_value=b"")
+    return parsed
+
+
+def decode_audio(audio_bytes: tf.Tensor) -> tf.Tensor:
+    """int16 PCM bytes -> (S,) float32 in [-1, 1)."""
+    return tf.cast(tf.io.decode_raw(audio_bytes, tf.int16, little_endian=True), tf.float32) / 32768.0
+
+
+def decode_frames(jpegs: tf.Tensor) -> tf.Tensor:
+    """(F,) JPEG strings -> (F, H, W, 3) uint8."""
+    return tf.map_fn(lambda j: tf.io.decode_jpeg(j, channels=3), jpegs,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def read_tracks(path: str) -> list[dict[str, np.ndarray]]:
+    """Reads every Example of one TFRecord file eagerly into numpy (tests and tools).
+
+    Returns dicts with `frames` (F, H, W, 3) uint8, `audio` (S,) float32 and the metadata.
+    """
+    out = []
+    for raw in tf.data.TFRecordDataset(path):
+        ex = parse_example(raw)
+        item = {k: v.numpy() for k, v in ex.items() if k not in ("frames", "audio")}
+        item["frames"] = decode_frames(ex["frames"]).numpy()
+        item["audio"] = decode_audio(ex["audio"]).numpy()
+        out.append(item)
+    return out

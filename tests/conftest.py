@@ -1,0 +1,49 @@
+"""Shared fixtures: small random TFRecord shards and helpers for subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_random_shard(path: str, num_tracks: int, face_size: int = 32, min_frames: int = 30,
+                       seed: int = 0) -> str:
+    """Writes `num_tracks` random tracks (noise frames, noise audio) of varying length."""
+    import tensorflow as tf
+
+    from pipelines import records
+
+    rng = np.random.default_rng(seed)
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(num_tracks):
+            frames_n = min_frames + 3 * i
+            track = records.Track(
+                frames=rng.integers(0, 256, (frames_n, face_size, face_size, 3), dtype=np.uint8),
+                audio=(rng.normal(size=frames_n * records.SAMPLES_PER_FRAME) * 3000).astype(np.int16),
+                track_id=f"random/{i:03d}", video_id=f"random/{i:03d}", identity=f"id{i}")
+            writer.write(records.encode_track(track))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_shards(tmp_path_factory) -> str:
+    """Glob of 2 shards x 6 random tracks, 32x32 faces, 30..45 frames."""
+    root = tmp_path_factory.mktemp("random_shards")
+    for shard in range(2):
+        write_random_shard(str(root / f"shard-{shard:05d}-of-00002.tfrecord"), 6, seed=shard)
+    return str(root / "*.tfrecord")
+
+
+def run_script(args: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Runs `python <args>` from the repo root, capturing text output."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout, **kwargs)

@@ -1,0 +1,83 @@
+"""The tf.data training input: shapes, synchronisation, distinct tracks, determinism."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_random_shard
+from pipelines import records
+from pipelines.input import InputConfig, list_shards, make_dataset, window_starts
+
+
+def _marked_shard(path, num_tracks=6, frames=40):
+    """Tracks whose frame i has pixel value (10*track + i) % 256 and whose audio in frame i
+    is the constant (track * 1000 + i), so windows can be checked exactly."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for t in range(num_tracks):
+            pix = ((10 * t + np.arange(frames)) % 256).astype(np.uint8)
+            video = np.broadcast_to(pix[:, None, None, None], (frames, 16, 16, 3)).copy()
+            audio = np.repeat((t * 1000 + np.arange(frames)).astype(np.int16), 640)
+            writer.write(records.encode_track(records.Track(video, audio, track_id=f"t{t}")))
+    return path
+
+
+def test_windows_are_synchronised_and_tracks_distinct(tmp_path):
+    path = _marked_shard(str(tmp_path / "marked.tfrecord"))
+    ds = make_dataset(InputConfig(path, batch_tracks=3, window_frames=10, face_size=16, seed=3))
+    for batch in ds.take(6):
+        frames = batch["frames"].numpy().astype(int)
+        audio = np.round(batch["audio"].numpy() * 32768).astype(int)
+        audio_2 = np.round(batch["audio_2"].numpy() * 32768).astype(int)
+        assert frames.shape == (3, 10, 16, 16, 3) and audio.shape == (3, 6400)
+        tracks = audio[:, 0] // 1000
+        assert len(set(tracks)) == 3  # distinct tracks in a batch
+        for b in range(3):
+            frame_index = audio[b, ::640] % 1000  # audio says which frame it belongs to
+            expected_pixels = (10 * tracks[b] + frame_index) % 256
+            np.testing.assert_allclose(frames[b, :, 8, 8, 0], expected_pixels, atol=2)  # JPEG
+            assert np.all(np.diff(frame_index) == 1)
+            start_2 = audio_2[b, 0] % 1000
+            assert audio_2[b, 0] // 1000 == tracks[b]
+            assert abs(start_2 - frame_index[0]) >= 10  # non-overlapping: 40 >= 2 * 10
+
+
+def test_seeded_pipeline_is_deterministic(random_shards):
+    def first_batches(seed):
+        ds = make_dataset(InputConfig(random_shards, batch_tracks=4, window_frames=12,
+                                      face_size=32, seed=seed))
+        return [b["audio"].numpy() for b in ds.take(3)]
+
+    for a, b in zip(first_batches(5), first_batches(5)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first_batches(5)[0], first_batches(6)[0])
+
+
+def test_resizes_frames_and_skips_short_tracks(tmp_path):
+    path = write_random_shard(str(tmp_path / "r.tfrecord"), 4, face_size=32, min_frames=20)
+    ds = make_dataset(InputConfig(path, batch_tracks=2, window_frames=26, face_size=64,
+                                  seed=0, repeat=False))
+    batches = list(ds)
+    assert len(batches) == 1  # frames 20, 23 dropped as shorter than 26; 26, 29 kept
+    assert batches[0]["frames"].shape == (2, 26, 64, 64, 3)
+
+
+def test_window_starts_in_range():
+    for frames, window in ((10, 10), (15, 10), (40, 10), (1000, 50)):
+        for i in range(30):
+            s1, s2 = window_starts(tf.constant(frames, tf.int64), window,
+                                   tf.constant([1, 2 * i], tf.int64),
+                                   tf.constant([1, 2 * i + 1], tf.int64))
+            s1, s2 = int(s1), int(s2)
+            assert 0 <= s1 <= frames - window and 0 <= s2 <= frames - window
+            if frames >= 2 * window:
+                assert abs(s1 - s2) >= window
+            elif frames > window:
+                assert s1 != s2
+
+
+def test_missing_and_empty_inputs_raise_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no TFRecord files match"):
+        list_shards(str(tmp_path / "nothing-*.tfrecord"))
+    (tmp_path / "empty.tfrecord").write_bytes(b"")
+    with pytest.raises(ValueError, match="are empty"):
+        list_shards(str(tmp_path / "*.tfrecord"))
