@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symmetric_identity", action="store_true")
     p.add_argument("--face_identity_pooling", choices=("random_step", "mean"),
                    default="random_step")
+    p.add_argument("--gather_negatives", action="store_true",
+                   help="all-gather identity embeddings across replicas: negatives from the "
+                   "whole global batch instead of each replica's slice")
+    p.add_argument("--mixed_precision", choices=("none", "float16", "bfloat16"), default="none",
+                   help="mixed-precision compute (GPUs: float16 with loss scaling; TPUs/new "
+                   "GPUs: bfloat16); losses and features stay float32")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--lr_decay_per_epoch", type=float, default=0.95)
@@ -99,7 +105,8 @@ def resolve_configs(args: argparse.Namespace):
         content_weight=args.content_weight, identity_weight=args.identity_weight,
         disentangle_weight=args.disentangle_weight, disentangle=args.disentangle,
         grl_scale=args.grl_scale, symmetric_identity=args.symmetric_identity,
-        face_identity_pooling=args.face_identity_pooling)
+        face_identity_pooling=args.face_identity_pooling,
+        gather_negatives=args.gather_negatives)
     train_config = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
         batch_tracks=args.batch_tracks, window_frames=args.window_frames,
@@ -139,29 +146,38 @@ def train(args: argparse.Namespace) -> str | None:
     from av_disentangle.config import to_dict
     from av_disentangle.export import export_saved_model, next_version_dir
     from av_disentangle.model import DisentangleModel
-    from av_disentangle.training import (NonFiniteLoss, SafeBackupAndRestore, make_optimizer,
-                                         make_strategy)
+    from av_disentangle.training import (NonFiniteLoss, SafeBackupAndRestore, UsageError,
+                                         is_chief, make_optimizer, make_strategy, worker_index)
     from pipelines.input import InputConfig, list_shards, make_dataset
 
-    model_config, loss_config, train_config = resolve_configs(args)
-    profile_batch = parse_profile_steps(args.profile_steps)
-    train_data = args.train_data or default_train_data(model_config.face_size)
-    list_shards(train_data)  # fail early, with the pattern in the message
-    keras.utils.set_random_seed(train_config.seed)
+    try:
+        model_config, loss_config, train_config = resolve_configs(args)
+        profile_batch = parse_profile_steps(args.profile_steps)
+        train_data = args.train_data or default_train_data(model_config.face_size)
+        list_shards(train_data)  # fail early, with the pattern in the message
+        if args.val_data:
+            list_shards(args.val_data)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    keras.utils.set_random_seed(train_config.seed)  # same on every worker (DATA sharding)
+    if args.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{args.mixed_precision}")
     strategy = make_strategy(args.cpu_replicas)
+    chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     if train_config.batch_tracks % replicas:
-        raise ValueError(f"--batch_tracks {train_config.batch_tracks} must be divisible by the "
+        raise UsageError(f"--batch_tracks {train_config.batch_tracks} must be divisible by the "
                          f"{replicas} replicas")
     log.info("strategy %s with %d replica(s); %d tracks per replica (negatives per replica)",
              type(strategy).__name__, replicas, train_config.batch_tracks // replicas)
 
     os.makedirs(args.model_dir, exist_ok=True)
-    resolved = {"flags": vars(args), "train_data": train_data,
-                "model": to_dict(model_config), "loss": to_dict(loss_config),
-                "train": to_dict(train_config), "replicas": replicas}
-    with open(os.path.join(args.model_dir, "config.json"), "w") as f:
-        json.dump(resolved, f, indent=2)
+    if chief:
+        resolved = {"flags": vars(args), "train_data": train_data,
+                    "model": to_dict(model_config), "loss": to_dict(loss_config),
+                    "train": to_dict(train_config), "replicas": replicas}
+        with open(os.path.join(args.model_dir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2)
 
     def input_config(pattern: str, repeat: bool) -> InputConfig:
         return InputConfig(pattern, batch_tracks=train_config.batch_tracks,
@@ -169,26 +185,39 @@ def train(args: argparse.Namespace) -> str | None:
                            face_size=model_config.face_size, seed=train_config.seed,
                            repeat=repeat)
 
-    train_ds = make_dataset(input_config(train_data, repeat=True))
-    val_ds = make_dataset(input_config(args.val_data, repeat=True)) if args.val_data else None
+    def dataset(pattern: str):
+        ds = make_dataset(input_config(pattern, repeat=True))
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Every worker builds the same seeded pipeline and keeps its 1/N of the batches.
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = (
+                tf.data.experimental.AutoShardPolicy.DATA)
+            ds = ds.with_options(options)
+        return ds
+
+    train_ds = dataset(train_data)
+    val_ds = dataset(args.val_data) if args.val_data else None
 
     with strategy.scope():
         model = DisentangleModel(model_config, loss_config)
         model.compile(optimizer=make_optimizer(train_config))
         model.optimizer.build(model.trainable_variables)
 
+    # Every worker keeps its own backup (weights are identical across workers, so any one can
+    # resume); only the chief writes per-epoch checkpoints, TensorBoard logs and the export.
+    backup_dir = "backup" if chief else f"backup_worker_{worker_index(strategy)}"
     backup = SafeBackupAndRestore(
-        os.path.join(args.model_dir, "backup"), delete_checkpoint=False,
+        os.path.join(args.model_dir, backup_dir), delete_checkpoint=False,
         save_freq=args.checkpoint_every_steps or "epoch")
-    callbacks = [
-        backup,
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(args.model_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
-            save_weights_only=True),
-        keras.callbacks.TensorBoard(os.path.join(args.model_dir, "logs"), update_freq=10,
-                                    profile_batch=profile_batch),
-    ]
+    callbacks = [backup, keras.callbacks.TerminateOnNaN()]
+    if chief:
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(args.model_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
+                save_weights_only=True),
+            keras.callbacks.TensorBoard(os.path.join(args.model_dir, "logs"), update_freq=10,
+                                        profile_batch=profile_batch),
+        ]
     model.fit(train_ds, epochs=train_config.epochs, steps_per_epoch=train_config.steps_per_epoch,
               validation_data=val_ds, validation_steps=args.validation_steps if val_ds else None,
               callbacks=callbacks, verbose=args.verbose)
@@ -199,25 +228,28 @@ def train(args: argparse.Namespace) -> str | None:
             f"{args.model_dir}/backup; lower --learning_rate and rerun to resume from it")
     log.info("trained to step %d", int(model.optimizer.iterations.numpy()))
 
-    if args.no_export:
+    if args.no_export or not chief:
         return None
     export_dir = args.export_dir or next_version_dir(
         os.path.join(REPO_ROOT, "saved_models", args.export_name))
-    return export_saved_model(model.face_stream, model.audio_stream, model_config, export_dir)
+    try:
+        return export_saved_model(model.face_stream, model.audio_stream, model_config,
+                                  export_dir)
+    except FileExistsError as e:
+        raise UsageError(str(e)) from e
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_flags(argv)
+    from av_disentangle.training import NonFiniteLoss, UsageError
+
     try:
         export_dir = train(args)
-    except (FileNotFoundError, ValueError, FileExistsError) as e:
-        log.error("%s", e)
+    except UsageError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # NonFiniteLoss and friends: message, not a traceback
-        if type(e).__name__ != "NonFiniteLoss":
-            raise
+    except NonFiniteLoss as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 3
     if export_dir:

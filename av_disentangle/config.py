@@ -80,6 +80,9 @@ class LossConfig:
       grl_scale: lambda of the gradient-reversal layer.
       symmetric_identity: also match voice -> face in the identity term.
       face_identity_pooling: `random_step` (reference code: one random time step) or `mean`.
+      gather_negatives: under a distribution strategy, all-gather the identity embeddings of
+        all replicas so each track is matched against the voices of the whole global batch
+        (default: per-replica negatives, as on one GPU of the reference code).
     """
 
     content_weight: float = 1.0
@@ -89,6 +92,7 @@ class LossConfig:
     grl_scale: float = 1.0
     symmetric_identity: bool = False
     face_identity_pooling: str = "random_step"
+    gather_negatives: bool = False
 
     def __post_init__(self) -> None:
         if self.disentangle not in DISENTANGLE_MODES:

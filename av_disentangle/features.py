@@ -64,6 +64,7 @@ class LogMelSpectrogram(keras.layers.Layer):
 
     def __init__(self, num_mels: int = 40, normalize: bool = True, frames_multiple_of: int = 1,
                  **kwargs):
+        kwargs.setdefault("dtype", "float32")  # features in float32 under mixed precision
         super().__init__(**kwargs)
         self.num_mels = num_mels
         self.normalize = normalize

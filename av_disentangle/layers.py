@@ -42,7 +42,12 @@ class GradientReversal(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="av_disentangle")
 class L2Normalize(keras.layers.Layer):
-    """L2-normalises the last axis: (..., D) -> (..., D) of unit norm."""
+    """L2-normalises the last axis: (..., D) -> (..., D) of unit norm. Always float32 (also
+    under a mixed-precision policy), so embeddings and losses are float32."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
 
     def call(self, inputs):
         return tf.math.l2_normalize(inputs, axis=-1, epsilon=1e-12)
@@ -64,6 +69,7 @@ class ScaledCosine(keras.layers.Layer):
     """
 
     def __init__(self, init_scale: float = 10.0, init_bias: float = -5.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # logits in float32 under mixed precision
         super().__init__(**kwargs)
         self.init_scale = float(init_scale)
         self.init_bias = float(init_bias)

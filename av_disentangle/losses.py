@@ -18,17 +18,23 @@ def time_pool(sequence: tf.Tensor) -> tf.Tensor:
     return tf.math.l2_normalize(tf.reduce_mean(sequence, axis=1), axis=-1)
 
 
-def matching_cross_entropy(logits: tf.Tensor) -> tf.Tensor:
-    """Mean cross-entropy of square matching logits (..., N, N) with target = diagonal."""
-    labels = tf.broadcast_to(tf.range(tf.shape(logits)[-1]), tf.shape(logits)[:-1])
+def _diagonal_targets(logits: tf.Tensor, offset) -> tf.Tensor:
+    """Row n of (..., N, M) logits targets column n + offset."""
+    return tf.broadcast_to(tf.range(tf.shape(logits)[-2]) + offset, tf.shape(logits)[:-1])
+
+
+def matching_cross_entropy(logits: tf.Tensor, offset=0) -> tf.Tensor:
+    """Mean cross-entropy of matching logits (..., N, M) where row n targets column n + offset
+    (square logits, offset 0: the diagonal; gathered negatives: the replica's own block)."""
+    labels = _diagonal_targets(logits, offset)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_mean(ce)
 
 
-def matching_accuracy(logits: tf.Tensor) -> tf.Tensor:
-    """Top-1 accuracy of square matching logits (..., N, N): argmax == diagonal index."""
+def matching_accuracy(logits: tf.Tensor, offset=0) -> tf.Tensor:
+    """Top-1 accuracy of matching logits (..., N, M): argmax == n + offset."""
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    target = tf.broadcast_to(tf.range(tf.shape(logits)[-1]), tf.shape(predicted))
+    target = _diagonal_targets(logits, offset)
     return tf.reduce_mean(tf.cast(tf.equal(predicted, target), tf.float32))
 
 
@@ -61,12 +67,19 @@ def content_loss(logits: tf.Tensor) -> tf.Tensor:
     return matching_cross_entropy(logits)
 
 
-def identity_loss(logits: tf.Tensor, symmetric: bool = False) -> tf.Tensor:
+def identity_loss(logits: tf.Tensor, symmetric: bool = False,
+                  reverse_logits: tf.Tensor | None = None, offset=0) -> tf.Tensor:
     """L_identity from `identity_logits` (B, B): face -> voice CE over the batch, averaged
-    with voice -> face when `symmetric`."""
-    loss = matching_cross_entropy(logits)
+    with voice -> face when `symmetric`.
+
+    With negatives gathered across replicas, `logits` is (B_local, B_global) face -> all voices,
+    `reverse_logits` (B_local, B_global) voice -> all faces, and row n targets n + `offset`.
+    """
+    loss = matching_cross_entropy(logits, offset)
     if symmetric:
-        loss = 0.5 * (loss + matching_cross_entropy(tf.transpose(logits)))
+        if reverse_logits is None:
+            reverse_logits = tf.transpose(logits)
+        loss = 0.5 * (loss + matching_cross_entropy(reverse_logits, offset))
     return loss
 
 

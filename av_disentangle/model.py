@@ -1,9 +1,12 @@
 """The two-stream model with a custom `train_step` / `test_step` for the three losses.
 
-Negatives are PER REPLICA: under a tf.distribute strategy each replica computes the identity
-term over its own slice of the global batch (batch_tracks / num_replicas tracks), as the
-reference code does on one GPU. The loss is divided by the number of replicas because Keras
-sums gradients across replicas.
+Negatives are PER REPLICA by default: under a tf.distribute strategy each replica computes the
+identity term over its own slice of the global batch (batch_tracks / num_replicas tracks), as
+the reference code does on one GPU. With `LossConfig.gather_negatives` the face and voice
+identity embeddings are all-gathered, so every track is matched against all voices of the
+global batch (the same loss as one device on the global batch). The content term is
+within-track and needs no gathering. The loss is divided by the number of replicas because
+Keras sums gradients across replicas. Losses are computed in float32 under mixed precision.
 """
 
 from __future__ import annotations
@@ -96,6 +99,16 @@ class DisentangleModel(keras.Model):
                 layer.build()
         self.built = True
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Overrides a Keras 3.15 private hook. Keras reduces the first distributed batch with
+        `strategy.reduce(MEAN, batch)` to build compiled losses/metrics; under
+        MultiWorkerMirroredStrategy that fails for a dict of tensors. This model has no
+        compiled losses or metrics and creates all state in `build()`, so only the optimizer
+        needs building (inside the strategy scope, as tf.distribute requires)."""
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         return list(self._trackers.values())
@@ -114,7 +127,7 @@ class DisentangleModel(keras.Model):
             audio_2 = self.audio_stream(inputs[AUDIO_2], training=training)
             out["audio_content_2"] = audio_2[CONTENT]
             out["audio_identity_2"] = audio_2[IDENTITY]
-        return out
+        return {k: tf.cast(v, tf.float32) for k, v in out.items()}  # float32 losses
 
     def _face_identity(self, face_identity: tf.Tensor, training: bool) -> tf.Tensor:
         """(B, T', D) -> (B, D): one random step (reference code) or the time mean."""
@@ -123,6 +136,23 @@ class DisentangleModel(keras.Model):
         shape = tf.shape(face_identity)
         steps = tf.random.uniform([shape[0]], 0, shape[1], dtype=tf.int32)
         return losses.select_steps(face_identity, steps)
+
+    def _identity_logits(self, face_id: tf.Tensor, voice_id: tf.Tensor):
+        """Identity logits (face -> voice, voice -> face or None) and the target offset.
+
+        Per-replica: (B, B) with diagonal targets. Gathered: (B_local, B_global) against the
+        all-gathered other modality, row n targets replica_id * B_local + n.
+        """
+        context = tf.distribute.get_replica_context()
+        if (not self.loss_config.gather_negatives or context is None
+                or context.num_replicas_in_sync == 1):
+            return losses.identity_logits(face_id, voice_id, self.identity_similarity), None, 0
+        all_voices = context.all_gather(voice_id, axis=0)
+        all_faces = context.all_gather(face_id, axis=0)
+        offset = context.replica_id_in_sync_group * tf.shape(face_id)[0]
+        forward = losses.identity_logits(face_id, all_voices, self.identity_similarity)
+        reverse = losses.identity_logits(voice_id, all_faces, self.identity_similarity)
+        return forward, reverse, offset
 
     def compute_losses(self, batch: dict[str, tf.Tensor], training: bool):
         """All loss terms and accuracies for one batch.
@@ -141,8 +171,8 @@ class DisentangleModel(keras.Model):
         content = losses.content_loss(c_logits)
         face_id = self._face_identity(fi, training)
         voice_id = losses.time_pool(ai2)
-        i_logits = losses.identity_logits(face_id, voice_id, self.identity_similarity)
-        identity = losses.identity_loss(i_logits, cfg.symmetric_identity)
+        i_logits, reverse_logits, offset = self._identity_logits(face_id, voice_id)
+        identity = losses.identity_loss(i_logits, cfg.symmetric_identity, reverse_logits, offset)
 
         # The wrong factor on each task: identity embeddings on the content task (per step,
         # within track) and time-pooled content embeddings on the identity task (across tracks).
@@ -172,7 +202,7 @@ class DisentangleModel(keras.Model):
             "loss": main + aux, "content_loss": content, "identity_loss": identity,
             "confusion_content": conf_c, "confusion_identity": conf_i, "aux_loss": aux,
             "content_acc": losses.matching_accuracy(c_logits),
-            "identity_acc": losses.matching_accuracy(i_logits),
+            "identity_acc": losses.matching_accuracy(i_logits, offset),
             "leak_content_acc": losses.matching_accuracy(leak_c_logits),
             "leak_identity_acc": losses.matching_accuracy(leak_i_logits),
         }
@@ -190,8 +220,9 @@ class DisentangleModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape(persistent=bool(aux_vars)) as tape:
             values, main, aux = self.compute_losses(data, training=True)
-            main_scaled = main / replicas
-            aux_scaled = aux / replicas
+            # scale_loss: loss scaling under mixed_float16 (identity otherwise).
+            main_scaled = self.optimizer.scale_loss(main / replicas)
+            aux_scaled = self.optimizer.scale_loss(aux / replicas)
         grads = tape.gradient(main_scaled, main_vars)
         pairs = list(zip(grads, main_vars))
         if aux_vars:
@@ -208,4 +239,18 @@ class DisentangleModel(keras.Model):
     def _update_trackers(self, values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, value in values.items():
             self._trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3.15 reduces logs across workers with strategy.reduce(MEAN, v, axis=0),
+            # which needs a batch axis: give the scalars one (the reduced result is scalar).
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True under MultiWorkerMirroredStrategy with a cluster of more than one task."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
+    return bool(resolver and resolver.task_type and
+                sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1)

@@ -58,6 +58,24 @@ def make_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(["/cpu:0"])
 
 
+def worker_index(strategy: tf.distribute.Strategy) -> int:
+    """This process's task index in a multi-worker cluster (0 on one machine)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(resolver.task_id or 0) if resolver is not None and resolver.task_type else 0
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the process that writes checkpoints, logs and the export: the `chief` task, or
+    worker 0 when the cluster has no chief, or the only process on one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and not has_chief and int(resolver.task_id) == 0
+
+
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     """SGD(momentum 0.9) or Adam with a staircase x`lr_decay_per_epoch` schedule."""
     schedule = keras.optimizers.schedules.ExponentialDecay(
@@ -66,6 +84,10 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     if config.optimizer == "adam":
         return keras.optimizers.Adam(schedule)
     return keras.optimizers.SGD(schedule, momentum=0.9)
+
+
+class UsageError(Exception):
+    """Bad flags or input data: reported as one line, without a traceback."""
 
 
 class NonFiniteLoss(RuntimeError):

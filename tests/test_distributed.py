@@ -1,0 +1,131 @@
+"""Distribution: 2-process MultiWorkerMirroredStrategy on 127.0.0.1, gathered negatives."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from av_disentangle.config import LossConfig, ModelConfig
+from av_disentangle.model import DisentangleModel
+from conftest import REPO_ROOT, run_script
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _trainable_weights(path) -> list[np.ndarray]:
+    """Trainable weights of a tiny DisentangleModel backup. BatchNorm moving statistics are
+    left out: like unsynchronised BN on several GPUs, each worker keeps its own."""
+    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model.compile(optimizer=keras.optimizers.SGD(momentum=0.9))  # as train.py --optimizer sgd
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return [v.numpy() for v in model.trainable_variables]
+
+
+@pytest.mark.slow
+def test_multiworker_two_processes_finish_with_identical_weights(random_shards, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = tmp_path / "run"
+    procs = []
+    try:
+        for index in range(2):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                   "TF_CONFIG": json.dumps({"cluster": cluster,
+                                            "task": {"type": "worker", "index": index}})}
+            log = open(tmp_path / f"worker{index}.log", "w")
+            procs.append(subprocess.Popen(
+                [sys.executable, "train.py", "--train_data", random_shards, "--model_dir",
+                 str(model_dir), "--epochs", "2", "--steps_per_epoch", "3", "--model_size",
+                 "tiny", "--window_frames", "15", "--batch_tracks", "4", "--verbose", "2",
+                 "--export_dir", str(tmp_path / "export")],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        codes = [p.wait(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert all("2 replica(s); 2 tracks per replica" in log for log in logs)
+    assert all("trained to step 6" in log for log in logs)
+    chief = _trainable_weights(model_dir / "backup" / "latest.weights.h5")
+    other = _trainable_weights(model_dir / "backup_worker_1" / "latest.weights.h5")
+    initial = _trainable_weights_of_fresh_model()
+    assert len(chief) == len(other) == len(initial) > 40
+    assert sum(not np.array_equal(c, i) for c, i in zip(chief, initial)) > 40  # it trained
+    for index, (c, o) in enumerate(zip(chief, other)):
+        np.testing.assert_array_equal(c, o, err_msg=f"trainable variable {index}")
+    assert (tmp_path / "export" / "saved_model.pb").is_file()  # written once, by the chief
+    assert "exported SavedModel" in logs[0] and "exported SavedModel" not in logs[1]
+
+
+def _trainable_weights_of_fresh_model() -> list[np.ndarray]:
+    keras.utils.set_random_seed(0)  # train.py's --seed 0
+    return [v.numpy() for v in DisentangleModel(ModelConfig.tiny(), LossConfig())
+            .trainable_variables]
+
+
+GATHER_CHECK = textwrap.dedent("""
+    import sys, numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    from av_disentangle.config import LossConfig, ModelConfig
+    from av_disentangle.model import DisentangleModel
+    from pipelines.input import InputConfig, make_dataset
+    batch = next(iter(make_dataset(InputConfig(sys.argv[1], batch_tracks=6, window_frames=15,
+                                               face_size=32, seed=0))))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    result = {}
+    for gather in (True, False):
+        with strategy.scope():
+            model = DisentangleModel(ModelConfig.tiny(), LossConfig(gather_negatives=gather,
+                                     symmetric_identity=True))
+        model.set_weights(weights) if not gather else None
+        weights = model.get_weights()
+        single, _, _ = model.compute_losses(batch, training=False)
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda ctx: {k: v[3 * ctx.replica_id_in_sync_group:3 * ctx.replica_id_in_sync_group + 3]
+                         for k, v in batch.items()})
+        values = strategy.run(lambda b: model.compute_losses(b, training=False)[0],
+                              args=(per_replica,))
+        for key in ("identity_loss", "identity_acc", "content_loss"):
+            distributed = strategy.reduce("MEAN", values[key], axis=None)
+            result[(gather, key)] = (float(single[key]), float(distributed))
+    for (gather, key), (single, distributed) in sorted(result.items()):
+        print(f"{'gather' if gather else 'local'} {key} {single:.7f} {distributed:.7f}")
+""")
+
+
+@pytest.mark.slow
+def test_gathered_negatives_equal_single_replica_loss_on_global_batch(random_shards):
+    result = run_script(["-c", GATHER_CHECK, random_shards], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {}
+    for line in result.stdout.splitlines():
+        mode, key, single, distributed = line.split()
+        rows[(mode, key)] = (float(single), float(distributed))
+    single, distributed = rows[("gather", "identity_loss")]
+    np.testing.assert_allclose(distributed, single, rtol=1e-5)
+    np.testing.assert_allclose(*rows[("gather", "identity_acc")], rtol=1e-6)
+    np.testing.assert_allclose(*rows[("gather", "content_loss")], rtol=1e-5)  # within-track
+    # Without gathering each replica sees 3 of the 6 voices: a different (easier) task.
+    local_single, local_distributed = rows[("local", "identity_loss")]
+    assert local_distributed < local_single - 1e-3
