@@ -54,8 +54,10 @@ def build_face_stream(config: ModelConfig) -> keras.Model:
         x = layers.Conv3D(width, (1, 3, 3), padding="same", use_bias=False,
                           name=f"face_conv{i}")(x)
         x = _bn_relu(x, f"face_conv{i}")
-    # fc6: a conv over the whole remaining spatial map (size / 16), temporal stride.
-    spatial = size // 16
+    x = layers.MaxPool3D((1, 3, 3), strides=(1, 2, 2), padding="same", name="face_pool5")(x)
+    # fc6: a conv over the whole remaining spatial map (ceil(size / 32): 224 -> 7, 112 -> 4),
+    # with the temporal stride.
+    spatial = x.shape[2]
     x = layers.Conv3D(config.trunk_dim, (1, spatial, spatial), strides=(config.temporal_stride, 1, 1),
                       use_bias=False, name="face_fc6")(x)
     x = _bn_relu(x, "face_fc6")

@@ -83,13 +83,15 @@ class Preset:
     steps_per_epoch: int
     batch_tracks: int = 16
     window_frames: int = 25
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     probe_test_tracks: int = 2  # tracks per train identity held out for the identity probe
     offset_steps: int = 3  # offset search over [-D, D] steps (2 frames each)
+    recalibration_batches: int = 25  # precise-BN batches before evaluation (0: none)
 
 
 QUICK = Preset(train_identities=12, test_identities=6, tracks_per_identity=4, num_frames=50,
-               face_size=32, steps=30, steps_per_epoch=10, batch_tracks=12,
+               face_size=32, steps=100, steps_per_epoch=50, batch_tracks=12,
+               recalibration_batches=10,
                model=ModelConfig(face_size=32, face_channels=(8, 16, 16, 16, 16),
                                  audio_channels=(8, 16, 16, 16, 16), trunk_dim=32,
                                  head_hidden=32, embedding_dim=32))
@@ -349,11 +351,42 @@ def probe_metrics(emb_tr: dict, win_tr: Windows, emb_te: dict, win_te: Windows,
     return out
 
 
-def evaluate(model: DisentangleModel, win_tr: Windows, win_te: Windows,
-             preset: Preset) -> dict[str, float]:
+def recalibrate_batchnorm(model: DisentangleModel, dataset: tf.data.Dataset, batches: int,
+                          momentum: float = 0.8) -> None:
+    """Re-estimates every BatchNormalization moving mean/variance with the FINAL weights
+    ("precise BN"): forward passes in training mode over `batches` training batches, no weight
+    update. Keras' default momentum 0.99 averages over ~100 steps of still-changing weights,
+    which after a short training run leaves stale statistics (see the `raw BN` columns)."""
+    bns = [layer for stream in (model.face_stream, model.audio_stream)
+           for layer in stream.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.momentum for layer in bns]
+    for layer in bns:
+        layer.momentum = momentum
+    face_fn = tf.function(lambda x: model.face_stream(x, training=True))
+    audio_fn = tf.function(lambda x: model.audio_stream(x, training=True))
+    try:
+        for batch in dataset.take(batches):
+            face_fn(batch["frames"])
+            audio_fn(tf.concat([batch["audio"], batch["audio_2"]], axis=0))
+    finally:
+        for layer, value in zip(bns, saved):
+            layer.momentum = value
+
+
+def evaluate(model: DisentangleModel, win_tr: Windows, win_te: Windows, preset: Preset,
+             recalibration: tf.data.Dataset | None) -> dict[str, float]:
+    """All metrics; with `recalibration`, first with the trained moving BN statistics (raw)
+    for sync and SV EER, then after `recalibrate_batchnorm` for everything."""
+    raw = {}
+    if recalibration is not None:
+        emb_te = embed(model, win_te)
+        raw = {"sync_top1_raw_bn": sync_metrics(emb_te, preset.offset_steps)["sync_top1"],
+               "sv_eer_raw_bn": verification_eers(emb_te, win_te)["sv_eer"]}
+        recalibrate_batchnorm(model, recalibration, preset.recalibration_batches)
     emb_te = embed(model, win_te)
     emb_tr = embed(model, win_tr)
     out = sync_metrics(emb_te, preset.offset_steps)
+    out.update(raw)
     out["sync_top1_train_ids"] = sync_metrics(emb_tr, preset.offset_steps)["sync_top1"]
     out.update(verification_eers(emb_te, win_te))
     out.update(probe_metrics(emb_tr, win_tr, emb_te, win_te, preset.model.temporal_stride,
@@ -399,6 +432,8 @@ def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, s
 # === Report ===
 
 COLUMNS = (  # key, header, format (percent)
+    ("sync_top1_raw_bn", "sync@1 rawBN", "{:5.1f}"),
+    ("sv_eer_raw_bn", "SVEER rawBN", "{:5.1f}"),
     ("sync_top1", "sync@1", "{:5.1f}"),
     ("sync_offset_acc", "sync-off", "{:5.1f}"),
     ("sv_eer", "SV EER", "{:5.1f}"),
@@ -413,20 +448,23 @@ COLUMNS = (  # key, header, format (percent)
 
 def format_table(rows: list[dict], chance: dict) -> str:
     name_w = max(len(r["config"]) for r in rows) + 2
-    head = f"{'configuration':<{name_w}}" + "".join(f"{h:>11}" for _, h, _ in COLUMNS)
+    head = f"{'configuration':<{name_w}}" + "".join(f"{h:>13}" for _, h, _ in COLUMNS)
     head += f"{'steps':>7}{'train s':>9}{'eval s':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         line = f"{r['config']:<{name_w}}"
         for key, _, fmt in COLUMNS:
+            if key not in r["mean"]:
+                line += f"{'-':>13}"
+                continue
             mean, std = r["mean"][key], r["std"][key]
             cell = fmt.format(100 * mean) + (f"±{100 * std:.1f}" if r["num_seeds"] > 1 else "")
-            line += f"{cell:>11}"
+            line += f"{cell:>13}"
         line += f"{r['steps']:>7}{r['train_seconds']:>9.1f}{r['eval_seconds']:>8.1f}"
         lines.append(line)
     line = f"{'chance':<{name_w}}"
     for key, _, fmt in COLUMNS:
-        line += f"{fmt.format(100 * chance[key]) if key in chance else '':>11}"
+        line += f"{fmt.format(100 * chance[key]) if key in chance else '':>13}"
     lines.append(line)
     return "\n".join(lines)
 
@@ -434,6 +472,8 @@ def format_table(rows: list[dict], chance: dict) -> str:
 LEGEND = """\
 All numbers in %, evaluated on held-out identities unless noted; lower is better for EERs and
 for the two leakage probes (unit|a-id, id|a-c), higher is better for the rest.
+  ...rawBN   sync@1 / SV EER with the moving BatchNorm statistics left by training; all other
+             columns are after re-estimating them with the final weights (precise BN)
   sync@1     face content step t picks audio content step t among the window's T' steps
   sync-off   offset search: diagonal shift of mean content cosine is 0 among +-D steps
   SV EER     speaker verification EER, audio identity embeddings, all held-out track pairs
@@ -455,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes_per_config", type=float, default=None,
                    help="instead of --steps: train the first configuration for this long "
                         "(whole epochs) and use its step count for all configurations")
-    p.add_argument("--learning_rate", type=float, default=None)
+    p.add_argument("--learning_rate", type=float, default=None,
+                   help="Adam learning rate (default: the mode's, 3e-3)")
+    p.add_argument("--recalibration_batches", type=int, default=None,
+                   help="precise-BN batches before evaluation; 0 evaluates raw moving stats only")
     p.add_argument("--adversarial", action="store_true", help="also run 'both + adversarial'")
     p.add_argument("--configs", default="",
                    help="comma-separated subset of configuration names (default: all)")
@@ -469,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = QUICK if args.quick else FULL
     if args.learning_rate:
         preset = dataclasses.replace(preset, learning_rate=args.learning_rate)
+    if args.recalibration_batches is not None:
+        preset = dataclasses.replace(preset, recalibration_batches=args.recalibration_batches)
     steps = args.steps if args.steps is not None else (
         None if args.minutes_per_config else preset.steps)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -494,6 +539,13 @@ def main(argv: list[str] | None = None) -> int:
           f"loaded in {time.time() - t0:.1f} s", flush=True)
     train_glob = os.path.join(dirs["train"], "*.tfrecord")
 
+    def recal_dataset(seed: int) -> tf.data.Dataset | None:
+        if not preset.recalibration_batches:
+            return None
+        return make_dataset(InputConfig(train_glob, batch_tracks=preset.batch_tracks,
+                                        window_frames=preset.window_frames,
+                                        face_size=preset.face_size, seed=seed + 1000))
+
     results: dict[str, list] = {}
     timings: dict[str, list] = {}
     for seed in seeds:
@@ -501,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             keras.utils.set_random_seed(seed)
             model = DisentangleModel(preset.model, LossConfig(disentangle="none"))
             t0 = time.time()
-            metrics = evaluate(model, win_tr, win_te, preset)
+            metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
             results.setdefault(UNTRAINED, []).append(metrics)
             timings.setdefault(UNTRAINED, []).append(
                 {"seed": seed, "steps": 0, "train_seconds": 0.0,
@@ -512,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.minutes_per_config)
             seed_steps = info["steps"]  # the first configuration fixes it for the others
             t0 = time.time()
-            metrics = evaluate(model, win_tr, win_te, preset)
+            metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
             info["eval_seconds"] = time.time() - t0
             info["seed"] = seed
             print(f"[eval]  {name} (seed {seed}, {info['eval_seconds']:.1f} s): "
@@ -535,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         })
     any_run = next(iter(results.values()))[0]
     chance = {"sync_top1": 1.0 / any_run["num_steps"],
+              "sync_top1_raw_bn": 1.0 / any_run["num_steps"], "sv_eer_raw_bn": 0.5,
               "sync_offset_acc": 1.0 / (2 * preset.offset_steps + 1),
               "sv_eer": 0.5, "xmodal_eer": 0.5, "sv_eer_content_emb": 0.5,
               "content_probe_audio_identity": any_run["content_probe_chance"],

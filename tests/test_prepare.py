@@ -7,6 +7,7 @@ and few clips to stay quick on 2 cores.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import av
@@ -273,3 +274,39 @@ def test_prepare_bundled_samples(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_tracks"] >= 30
     assert prepare.prepare_bundled_samples(tmp_path, face_size=64) == shards
+
+
+@pytest.mark.slow
+def test_resume_prepare_after_kill(tmp_path):
+    """kill -9 in the middle of a preparation job, rerun: every clip ends up in exactly one
+    finished shard, and shards finished before the kill are not rewritten."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipelines.prepare", "--source", "videos", "--input",
+           str(SAMPLES / "grid" / "s1"), "--output", str(out), "--workers", "1",
+           "--tracks_per_shard", "2", "--face_size", "64", "--min_frames", "25", "--no_progress"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(out.glob("shard-*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tfrecord")}
+    assert 1 <= len(finished) < 6, "the job was not interrupted in the middle"
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for name, mtime in finished.items():
+        assert (out / name).stat().st_mtime_ns == mtime  # not redone
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"]
+    ids = [t["track_id"] for shard in sorted(out.glob("shard-*.tfrecord"))
+           for t in records.read_tracks(str(shard))]
+    assert len(ids) == len(set(ids)) == 12  # nothing lost, nothing duplicated
+    assert not list(out.glob(".*tmp*"))  # no half-written shard left behind

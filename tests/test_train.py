@@ -107,3 +107,43 @@ def test_config_file_values_are_defaults_and_flags_override(tmp_path):
     assert (args.epochs, args.disentangle, args.learning_rate) == (7, "grl", 0.01)
     with pytest.raises(ValueError, match="window_frames must be >= 10"):
         train.resolve_configs(train.parse_flags(["--window_frames", "4"]))
+
+
+@pytest.mark.slow
+def test_resume_after_nan_keeps_last_good_checkpoint(random_shards, tmp_path):
+    model_dir = tmp_path / "run"
+    common = ["train.py", "--train_data", random_shards, "--model_dir", str(model_dir),
+              "--steps_per_epoch", "3", "--no_export", *TINY]
+    good = run_script(common + ["--epochs", "1"])
+    assert good.returncode == 0, good.stderr[-3000:]
+    backup = model_dir / "backup" / "latest.weights.h5"
+    saved = backup.read_bytes()
+    exploding = run_script(common + ["--epochs", "3", "--learning_rate", "1e30"])
+    assert exploding.returncode == 3
+    assert "loss became NaN/Inf" in exploding.stderr and "Traceback" not in exploding.stderr
+    assert json.loads((model_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    assert backup.read_bytes() == saved  # the last good state was not overwritten
+    resumed = run_script(common + ["--epochs", "2"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout + resumed.stderr
+    assert "Epoch 2/2" in out and "Epoch 1/2" not in out and "trained to step 6" in out
+    assert all(np.isfinite(_losses(out)))
+
+
+@pytest.mark.slow
+def test_profile_steps_and_mixed_precision(random_shards, tmp_path):
+    model_dir = tmp_path / "run"
+    result = run_script(["train.py", "--train_data", random_shards, "--model_dir",
+                         str(model_dir), "--epochs", "1", "--steps_per_epoch", "4",
+                         "--profile_steps", "2,3", "--mixed_precision", "bfloat16",
+                         "--export_dir", str(tmp_path / "export"), *TINY])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(np.isfinite(_losses(result.stdout + result.stderr)))
+    traces = list((model_dir / "logs").rglob("*.xplane.pb"))
+    assert traces, "no profiler trace written"
+
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
+    emb = serve(waveform=np.zeros((1, 16000), np.float32), sample_rate=tf.constant(16000))
+    assert emb["embedding"].dtype == tf.float32
