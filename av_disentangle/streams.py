@@ -19,7 +19,9 @@ IDENTITY = "identity"
 
 
 def _bn_relu(x, name: str):
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    # momentum 0.9 / eps 1e-5 = PyTorch BatchNorm defaults (reference code); Keras' 0.99 lags
+    # far behind the weights in short runs, so inference-mode (exported) features go stale.
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -61,10 +61,7 @@ from av_disentangle.streams import CONTENT, IDENTITY  # noqa: E402
 from pipelines import records, synthetic  # noqa: E402
 from pipelines.input import InputConfig, make_dataset  # noqa: E402
 
-try:  # written by another worker; fall back to a local implementation if absent
-    from av_disentangle.metrics import compute_eer as _compute_eer
-except ImportError:  # pragma: no cover
-    _compute_eer = None
+from av_disentangle.metrics import compute_eer  # noqa: E402
 
 
 # === Settings ===
@@ -130,7 +127,9 @@ def make_world(workdir: str, preset: Preset, seed: int = 0) -> dict[str, str]:
         cached = False
         if os.path.exists(manifest):
             with open(manifest) as fh:
-                cached = json.load(fh).get("config") == dataclasses.asdict(cfg)
+                stored = json.load(fh)
+            cached = (stored.get("config") == dataclasses.asdict(cfg) and
+                      stored.get("generator_version") == synthetic.GENERATOR_VERSION)
         if not cached:
             t0 = time.time()
             synthetic.write_dataset(cfg, directory)
@@ -192,17 +191,8 @@ def load_windows(directory: str, window: int) -> Windows:
 # === Metrics ===
 
 def eer(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Equal error rate as a fraction (av_disentangle.metrics if present)."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.int64)
-    if _compute_eer is not None:
-        return float(_compute_eer(scores, labels)[0])
-    order = np.argsort(-scores, kind="stable")
-    lab = labels[order]
-    tp = np.concatenate([[0], np.cumsum(lab)]) / max(lab.sum(), 1)
-    fp = np.concatenate([[0], np.cumsum(1 - lab)]) / max((1 - lab).sum(), 1)
-    fnr = 1 - tp
-    i = int(np.argmin(np.abs(fnr - fp)))
-    return float((fnr[i] + fp[i]) / 2)
+    """Equal error rate as a fraction (`av_disentangle.metrics.compute_eer`)."""
+    return float(compute_eer(np.asarray(scores, np.float64), np.asarray(labels, np.int64))[0])
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -608,8 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         payload = {"mode": "quick" if args.quick else "full", "seeds": seeds,
                    "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
-                   "chance": chance, "rows": rows, "total_seconds": total,
-                   "eer_impl": "av_disentangle.metrics" if _compute_eer else "local"}
+                   "chance": chance, "rows": rows, "total_seconds": total}
         with open(args.out, "w") as fh:
             json.dump(payload, fh, indent=1)
         print(f"wrote {args.out}")

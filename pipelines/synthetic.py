@@ -49,6 +49,9 @@ SPF = records.SAMPLES_PER_FRAME
 
 # === Content units ===
 
+# Bump when the generator changes what a (config, seed) produces, so caches are rebuilt.
+GENERATOR_VERSION = 2
+
 SILENCE = 0
 UNIT_NAMES = ("sil", "a", "i", "u", "e", "o", "ae", "er", "ih")
 NUM_UNITS = len(UNIT_NAMES)
@@ -205,7 +208,13 @@ def _spread(u: float, jitter: float) -> float:
 
 
 def identity_params(identity_index: int, seed: int = 0) -> IdentityParams:
-    """Draws the voice and face of identity `identity_index` (depends on the seed only)."""
+    """Draws the voice and face of identity `identity_index` (depends on the seed only).
+
+    Face and voice are coupled through one latent, as in real people (body size / sex / age):
+    `physique` = 1 - pitch position drives lower pitch and formants together with a wider,
+    less elongated face, thicker brows and a chance of a beard. Without such coupling a
+    face-to-voice matcher could not generalise to unseen identities at all.
+    """
     rng = np.random.default_rng([int(seed), 1, int(identity_index)])
     # Pitch and skin tone are spread with additive-recurrence (golden ratio) sequences from a
     # seed-dependent start, jittered, so that even a handful of consecutive identities cover
@@ -215,6 +224,7 @@ def identity_params(identity_index: int, seed: int = 0) -> IdentityParams:
     skin_pos = _spread(u_skin + identity_index * 0.4142135624, rng.uniform(-0.06, 0.06))
     # Voice: pitch log-uniform over adult range; formants loosely follow pitch (larger
     # speakers: lower pitch and lower formants) with an independent part.
+    physique = 1.0 - pitch_pos  # shared face/voice latent, see the docstring
     log_f0 = math.log(85.0) + pitch_pos * (math.log(255.0) - math.log(85.0))
     formant_shift = float(np.clip(0.88 + 0.2 * pitch_pos + rng.normal(0, 0.05), 0.8, 1.25))
     # Face colours: skin tone along a light-dark axis with some hue variation.
@@ -248,19 +258,19 @@ def identity_params(identity_index: int, seed: int = 0) -> IdentityParams:
         iris_rgb=_rgb(iris),
         lip_rgb=_rgb(lip),
         background_rgb=_rgb(background),
-        face_half_width=float(rng.uniform(0.25, 0.31)),
-        face_aspect=float(rng.uniform(0.72, 0.92)),
+        face_half_width=float(np.clip(0.25 + 0.06 * physique + rng.normal(0, 0.01), 0.24, 0.32)),
+        face_aspect=float(np.clip(0.74 + 0.16 * physique + rng.normal(0, 0.03), 0.70, 0.94)),
         hair_style=int(rng.integers(0, 4)),
         hair_height=float(rng.uniform(0.08, 0.2)),
         eye_y=float(rng.uniform(-0.28, -0.1)),
         eye_dx=float(rng.uniform(0.34, 0.48)),
         eye_size=float(rng.uniform(0.75, 1.25)),
-        brow_thickness=float(rng.uniform(0.5, 1.6)),
+        brow_thickness=float(np.clip(0.5 + 1.1 * physique + rng.normal(0, 0.15), 0.4, 1.7)),
         brow_tilt=float(rng.uniform(-0.06, 0.06)),
         nose_length=float(rng.uniform(0.12, 0.25)),
         mouth_y=float(rng.uniform(0.48, 0.6)),
         mouth_scale=float(rng.uniform(0.85, 1.15)),
-        has_beard=bool(rng.uniform() < 0.25),
+        has_beard=bool(rng.uniform() < 0.6 * max(0.0, physique - 0.4) / 0.6),
         has_glasses=bool(rng.uniform() < 0.25),
         moles=moles,
     )
@@ -633,6 +643,7 @@ def write_dataset(config: SyntheticConfig, output_dir: str, num_shards: int | No
     manifest = {
         "format": "av-disentangle synthetic v1",
         "config": dataclasses.asdict(config),
+        "generator_version": GENERATOR_VERSION,
         "sample_rate": SR, "fps": records.FPS, "samples_per_frame": SPF,
         "units": [{"index": u, "name": UNIT_NAMES[u],
                    "formants_hz": UNIT_TABLE[u, :3].tolist(),
