@@ -147,7 +147,8 @@ def train(args: argparse.Namespace) -> str | None:
     from av_disentangle.export import export_saved_model, next_version_dir
     from av_disentangle.model import DisentangleModel
     from av_disentangle.training import (NonFiniteLoss, SafeBackupAndRestore, UsageError,
-                                         is_chief, make_optimizer, make_strategy, worker_index)
+                                         completed_epochs, is_chief, make_optimizer,
+                                         make_strategy, worker_index)
     from pipelines.input import InputConfig, list_shards, make_dataset
 
     try:
@@ -179,14 +180,21 @@ def train(args: argparse.Namespace) -> str | None:
         with open(os.path.join(args.model_dir, "config.json"), "w") as f:
             json.dump(resolved, f, indent=2)
 
-    def input_config(pattern: str, repeat: bool) -> InputConfig:
-        return InputConfig(pattern, batch_tracks=train_config.batch_tracks,
-                           window_frames=train_config.window_frames,
-                           face_size=model_config.face_size, seed=train_config.seed,
-                           repeat=repeat)
+    # Every worker keeps its own backup (weights are identical across workers, so any one can
+    # resume); only the chief writes per-epoch checkpoints, TensorBoard logs and the export.
+    backup_dir = os.path.join(
+        args.model_dir, "backup" if chief else f"backup_worker_{worker_index(strategy)}")
+    resume_epoch = completed_epochs(backup_dir)
+    if resume_epoch:
+        log.info("resuming after epoch %d from %s", resume_epoch, backup_dir)
+    # A resumed run draws a new deterministic sequence of windows (seed + completed epochs)
+    # instead of replaying the windows the first epochs already trained on.
+    data_seed = train_config.seed + resume_epoch
 
     def dataset(pattern: str):
-        ds = make_dataset(input_config(pattern, repeat=True))
+        ds = make_dataset(InputConfig(pattern, batch_tracks=train_config.batch_tracks,
+                                      window_frames=train_config.window_frames,
+                                      face_size=model_config.face_size, seed=data_seed))
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Every worker builds the same seeded pipeline and keeps its 1/N of the batches.
             options = tf.data.Options()
@@ -203,11 +211,8 @@ def train(args: argparse.Namespace) -> str | None:
         model.compile(optimizer=make_optimizer(train_config))
         model.optimizer.build(model.trainable_variables)
 
-    # Every worker keeps its own backup (weights are identical across workers, so any one can
-    # resume); only the chief writes per-epoch checkpoints, TensorBoard logs and the export.
-    backup_dir = "backup" if chief else f"backup_worker_{worker_index(strategy)}"
     backup = SafeBackupAndRestore(
-        os.path.join(args.model_dir, backup_dir), delete_checkpoint=False,
+        backup_dir, delete_checkpoint=False,
         save_freq=args.checkpoint_every_steps or "epoch")
     callbacks = [backup, keras.callbacks.TerminateOnNaN()]
     if chief:

@@ -94,6 +94,15 @@ class NonFiniteLoss(RuntimeError):
     """Raised when training produced a NaN/Inf loss."""
 
 
+def completed_epochs(backup_dir: str) -> int:
+    """Epochs completed according to a BackupAndRestore directory (0 if none)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not tf.io.gfile.exists(path):
+        return 0
+    with tf.io.gfile.GFile(path) as f:
+        return int(json.load(f).get("epoch", 0))
+
+
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that never overwrites the last good backup with non-finite weights.
 

@@ -386,30 +386,40 @@ def evaluate(model: DisentangleModel, win_tr: Windows, win_te: Windows, preset: 
 
 # === Training ===
 
+class _StopAfterMinutes(keras.callbacks.Callback):
+    """Ends training at the first epoch end after `minutes` of wall time."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.deadline = time.time() + 60.0 * minutes
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.time() > self.deadline:
+            self.model.stop_training = True
+
+
 def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, seed: int,
           steps: int | None, minutes: float | None) -> tuple[DisentangleModel, dict]:
-    """Trains one configuration; `steps` fixed, or (if None) as many whole epochs as fit in
-    `minutes` (the caller then fixes that count for the other configurations)."""
+    """Trains one configuration; `steps` fixed (rounded up to whole epochs of
+    `preset.steps_per_epoch`), or (if None) as many whole epochs as fit in `minutes` (the
+    caller then fixes that count for the other configurations). One `fit` call, so the input
+    pipeline runs on and every step sees new windows."""
     keras.utils.set_random_seed(seed)
     model = DisentangleModel(preset.model, loss_config)
     model.compile(optimizer=keras.optimizers.Adam(preset.learning_rate))
     dataset = make_dataset(InputConfig(train_glob, batch_tracks=preset.batch_tracks,
                                        window_frames=preset.window_frames,
                                        face_size=preset.face_size, seed=seed))
-    history: dict[str, list] = {}
-    done, t0 = 0, time.time()
-    while True:
-        if steps is not None and done >= steps:
-            break
-        if steps is None and done and time.time() - t0 > 60.0 * minutes:
-            break
-        n = preset.steps_per_epoch if steps is None else min(preset.steps_per_epoch,
-                                                             steps - done)
-        h = model.fit(dataset, steps_per_epoch=n, epochs=1, verbose=0)
-        done += n
-        for k, v in h.history.items():
-            history.setdefault(k, []).append(round(float(v[-1]), 4))
+    spe = preset.steps_per_epoch
+    if steps is not None:
+        epochs, callbacks = -(-steps // spe), []
+    else:
+        epochs, callbacks = 10**6, [_StopAfterMinutes(minutes)]
+    t0 = time.time()
+    h = model.fit(dataset, steps_per_epoch=spe, epochs=epochs, callbacks=callbacks, verbose=0)
     wall = time.time() - t0
+    history = {k: [round(float(v), 4) for v in values] for k, values in h.history.items()}
+    done = len(history["loss"]) * spe
     info = {"steps": done, "train_seconds": wall, "history": history}
     print(f"[train] {name}: {done} steps in {wall:.1f} s ({wall / done:.2f} s/step incl. "
           f"tracing); last epoch: content_loss {history['content_loss'][-1]:.3f} "

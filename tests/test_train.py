@@ -65,6 +65,7 @@ def test_resume_training_after_kill(random_shards, tmp_path):
     out = result.stdout + result.stderr
     epochs_run = [int(e) for e in re.findall(r"Epoch (\d+)/3", out)]
     assert epochs_run[0] == done_epochs + 1  # resumed, not restarted
+    assert f"resuming after epoch {done_epochs}" in out
     assert "trained to step 120" in out  # the step counter continued from the checkpoint
 
 
