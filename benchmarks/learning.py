@@ -429,6 +429,93 @@ def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, s
     return model, info
 
 
+# === Real sample data (smoke test of real input) ===
+
+SAMPLES = REPO / "data" / "samples"
+
+
+def sample_speaker_labels() -> dict[str, str]:
+    """source path relative to data/samples -> speaker label, from data/samples/MANIFEST.tsv
+    (GRID: s1 for the 12 s1 clips, by-eye labels for the others; VoxCeleb2-style crops: by eye).
+    Labels are only used to score verification, never for training."""
+    labels = {}
+    with open(SAMPLES / "MANIFEST.tsv") as fh:
+        next(fh)
+        for line in fh:
+            cols = line.rstrip("\n").split("\t")
+            labels[cols[0]] = cols[-1]
+    return labels
+
+
+def load_real_windows(shards: list[str], window: int, labels: dict[str, str],
+                      keep=lambda rel: True) -> Windows:
+    """Non-overlapping windows of the prepared bundled clips whose relative source path
+    passes `keep`; identity = the MANIFEST speaker label; no content labels (units = -1)."""
+    tracks = [t for shard in shards for t in records.read_tracks(shard)]
+    rel = {id(t): os.path.relpath(t["source_path"].decode(), SAMPLES) for t in tracks}
+    tracks = sorted((t for t in tracks if keep(rel[id(t)])), key=lambda t: rel[id(t)])
+    identities = sorted({labels.get(rel[id(t)], rel[id(t)]) for t in tracks})
+    cols = {k: [] for k in ("frames", "audio", "track", "identity", "track_index", "start",
+                            "units")}
+    spf = records.SAMPLES_PER_FRAME
+    for i, t in enumerate(tracks):
+        for start in range(0, t["frames"].shape[0] - window + 1, window):
+            cols["frames"].append(t["frames"][start:start + window])
+            cols["audio"].append(t["audio"][start * spf:(start + window) * spf])
+            cols["track"].append(i)
+            cols["identity"].append(identities.index(labels.get(rel[id(t)], rel[id(t)])))
+            cols["track_index"].append(0)
+            cols["start"].append(start)
+            cols["units"].append(np.full(window, -1))
+    arrays = {k: np.stack(v) if k in ("frames", "audio", "units") else np.asarray(v)
+              for k, v in cols.items()}
+    return Windows(track_ids=[rel[id(t)] for t in tracks], identities=identities, **arrays)
+
+
+def run_real(configs: dict[str, LossConfig], steps: int, seed: int) -> int:
+    """Trains on the 36 bundled real clips (self-supervised, transductive: the evaluation
+    clips are among the training clips, their labels are not) and reports sync on all clips
+    and speaker verification among the 22 GRID clips (s1 x 12 vs 9 other people)."""
+    from pipelines.prepare import prepare_bundled_samples
+
+    preset = FULL
+    shards = prepare_bundled_samples(REPO / "data" / "prepared" / f"samples_{preset.face_size}",
+                                     face_size=preset.face_size, workers=os.cpu_count() or 1)
+    labels = sample_speaker_labels()
+    win_all = load_real_windows(shards, preset.window_frames, labels)
+    win_grid = load_real_windows(shards, preset.window_frames, labels,
+                                 keep=lambda rel: rel.startswith("grid/"))
+    glob = ",".join(shards)
+    print(f"[data] real: {len(win_all.track_ids)} clips -> {len(win_all.track)} windows; "
+          f"GRID: {len(win_grid.track_ids)} clips of {len(win_grid.identities)} people", flush=True)
+    rows = []
+    todo = [(UNTRAINED, None)] + list(configs.items())
+    for name, loss_config in todo:
+        keras.utils.set_random_seed(seed)
+        info = {"steps": 0, "train_seconds": 0.0}
+        if loss_config is None:
+            model = DisentangleModel(preset.model, LossConfig(disentangle="none"))
+        else:
+            model, info = train(name, loss_config, preset, glob, seed, steps, None)
+        emb_all, emb_grid = embed(model, win_all), embed(model, win_grid)
+        metrics = sync_metrics(emb_all, preset.offset_steps)
+        metrics.update(verification_eers(emb_grid, win_grid))
+        rows.append((name, metrics, info))
+    print(f"\nreal bundled data: {len(win_all.track_ids)} clips, window {preset.window_frames} "
+          f"frames (T'={rows[0][1]['num_steps']}), {steps} steps, seed {seed}; SV/F-V EER over "
+          f"GRID clip pairs ({rows[0][1]['sv_targets']} target / {rows[0][1]['sv_trials']} trials)")
+    print(f"{'configuration':<22}{'sync@1':>9}{'sync-off':>10}{'SV EER':>9}{'F-V EER':>9}"
+          f"{'steps':>7}{'train s':>9}")
+    for name, m, info in rows:
+        print(f"{name:<22}{100 * m['sync_top1']:>9.1f}{100 * m['sync_offset_acc']:>10.1f}"
+              f"{100 * m['sv_eer']:>9.1f}{100 * m['xmodal_eer']:>9.1f}{info['steps']:>7}"
+              f"{info['train_seconds']:>9.1f}")
+    chance_sync = 100.0 / rows[0][1]["num_steps"]
+    print(f"{'chance':<22}{chance_sync:>9.1f}{100 / (2 * preset.offset_steps + 1):>10.1f}"
+          f"{50.0:>9.1f}{50.0:>9.1f}")
+    return 0
+
+
 # === Report ===
 
 COLUMNS = (  # key, header, format (percent)
@@ -506,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache of the generated synthetic world")
     p.add_argument("--data_seed", type=int, default=0, help="seed of the synthetic world")
     p.add_argument("--out", default="", help="write results JSON here")
+    p.add_argument("--real", action="store_true",
+                   help="smoke test on the bundled real clips (GRID + VoxCeleb2-style crops)")
     args = p.parse_args(argv)
 
     t_start = time.time()
@@ -529,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         run_untrained = UNTRAINED in wanted
     else:
         run_untrained = True
+
+    if args.real:
+        return run_real(configs, steps or preset.steps, seeds[0])
 
     dirs = make_world(args.workdir, preset, args.data_seed)
     t0 = time.time()
