@@ -169,8 +169,9 @@ def train(args: argparse.Namespace) -> str | None:
     if train_config.batch_tracks % replicas:
         raise UsageError(f"--batch_tracks {train_config.batch_tracks} must be divisible by the "
                          f"{replicas} replicas")
-    log.info("strategy %s with %d replica(s); %d tracks per replica (negatives per replica)",
-             type(strategy).__name__, replicas, train_config.batch_tracks // replicas)
+    log.info("strategy %s with %d replica(s); %d tracks per replica (negatives %s)",
+             type(strategy).__name__, replicas, train_config.batch_tracks // replicas,
+             "gathered across replicas" if loss_config.gather_negatives else "per replica")
 
     os.makedirs(args.model_dir, exist_ok=True)
     if chief:
@@ -230,7 +231,7 @@ def train(args: argparse.Namespace) -> str | None:
         raise NonFiniteLoss(
             f"training stopped: the loss became NaN/Inf at step "
             f"{int(model.optimizer.iterations.numpy())}. The last good state is kept in "
-            f"{args.model_dir}/backup; lower --learning_rate and rerun to resume from it")
+            f"{backup_dir}; lower --learning_rate and rerun to resume from it")
     log.info("trained to step %d", int(model.optimizer.iterations.numpy()))
 
     if args.no_export or not chief:

@@ -51,7 +51,7 @@ class ModelConfig:
 
     @classmethod
     def small(cls) -> "ModelConfig":
-        """A CPU-sized model (about 0.3 M parameters) for the sample data and tests."""
+        """A CPU-sized model (about 0.18 M parameters) for the sample data and tests."""
         return cls(face_size=64, face_channels=(16, 32, 32, 32, 32),
                    audio_channels=(16, 32, 32, 32, 32), trunk_dim=64, head_hidden=64,
                    embedding_dim=64)

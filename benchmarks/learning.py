@@ -345,8 +345,8 @@ def recalibrate_batchnorm(model: DisentangleModel, dataset: tf.data.Dataset, bat
                           momentum: float = 0.8) -> None:
     """Re-estimates every BatchNormalization moving mean/variance with the FINAL weights
     ("precise BN"): forward passes in training mode over `batches` training batches, no weight
-    update. Keras' default momentum 0.99 averages over ~100 steps of still-changing weights,
-    which after a short training run leaves stale statistics (see the `raw BN` columns)."""
+    update. The streams' BN momentum (0.9) still averages over ~10 steps of changing weights;
+    the `raw BN` columns show the numbers without this re-estimation."""
     bns = [layer for stream in (model.face_stream, model.audio_stream)
            for layer in stream.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.momentum for layer in bns]
