@@ -83,10 +83,16 @@ def _frame_size(width: int, height: int, max_side: int | None) -> tuple[int, int
 
 
 def shift_audio(audio: np.ndarray, offset_frames: int) -> np.ndarray:
-    """Applies an audio-video offset, keeping the length; vacated samples become zeros.
+    """Applies a SyncNet audio-video offset, keeping the length; vacated samples become zeros.
 
-    Offset `k` means the sound of video frame `i` is at audio time `(i + k) / 25` s, so the
-    output is `out[s] = audio[s + k * 640]` (zero where that index is out of range).
+    Offset `k` (VoxCeleb2's txt `Offset`, computed by SyncNet) means the sound of video frame
+    `i` is at audio frame `i - k` of the source: syncnet_python SyncNetInstance.py,
+    `calc_pdist` compares video feature i with audio feature i + j - vshift and reports
+    `offset = opt.vshift - minidx`, i.e. audio frame i - offset; syncnet_trainer
+    DatasetLoader.py reads video from `startidx + offset - 1` for audio from `startidx`, the
+    same sign (its extra frame is discussed in `records.py`). Positive `k`: the audio leads.
+    The output is therefore the source delayed by k frames, `out[s] = audio[s - k * 640]`
+    (zero where that index is out of range), so sample `i * 640` starts frame `i`'s sound.
 
     Args:
       audio: (S,) samples.
@@ -99,10 +105,10 @@ def shift_audio(audio: np.ndarray, offset_frames: int) -> np.ndarray:
     n = audio.shape[0]
     if shift >= 0:
         if shift < n:
-            out[: n - shift] = audio[shift:]
+            out[shift:] = audio[: n - shift]
     else:
         if -shift < n:
-            out[-shift:] = audio[: n + shift]
+            out[: n + shift] = audio[-shift:]
     return out
 
 

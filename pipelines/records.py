@@ -19,9 +19,28 @@ One `tf.train.Example` per face track:
 
 Alignment contract: audio is stored already synchronised with the frames. Audio sample
 `i * SAMPLES_PER_FRAME` is the start of video frame `i` (640 samples = 40 ms = one frame at
-25 fps = 4 log-mel frames at a 10 ms hop). Offset convention: an offset of `k` frames means the
-sound of video frame `i` was found at audio time `(i + k) / 25` s in the source file; preparation
-shifts the audio by `k` frames so the contract above holds, and records `k` here.
+25 fps = 4 log-mel frames at a 10 ms hop), with frame `i` taken at its presentation time.
+
+Offset convention (SyncNet's, which produced VoxCeleb2's txt `Offset`): an offset of `k`
+frames means the sound of video frame `i` is at audio frame `i - k` of the source file
+(joonson/syncnet_python SyncNetInstance.py: `calc_pdist` pairs video feature i with audio
+feature i + j - vshift, and `offset = opt.vshift - minidx`, so the best audio is i - offset).
+Positive `k` = the audio leads the video. Preparation delays the audio by `k` frames
+(`pipelines.media.shift_audio`) so the contract above holds, and records `k` here.
+
+The reference trainer's extra frame, and why we do not copy it: joonson/syncnet_trainer
+DatasetLoader.py reads video from `startidx + offset - 1` for audio from `startidx`, i.e. the
+same sign plus one frame of video lead. That frame is not a property of the data. By
+receptive-field arithmetic, the reference model's audio step j is centred 2.25 video frames
+after its audio window start (torchaudio's centred STFT frames with the first frame dropped,
+models/SyncNetModelFBank.py `x[:,:,1:-1]`) and its face step j on frame j + 2 of the video
+window, so its `- 1` places the face 1.25 frames before its sound instead of 0.25 after; and
+its frames are read by OpenCV frame seeking (dataLoader.py `cap.set(1, start_frame)`), whose
+landing frame has differed between OpenCV/FFmpeg versions. We therefore store the audio
+physically aligned (the SyncNet sign, no extra frame) and build streams whose audio and face
+step j are centred on the same instant (`av_disentangle/streams.py`). A constant one-frame
+lag would be absorbed by the content task (it learns any fixed lag within its 5-frame
+receptive field), but it would bias every sync offset reported by evaluation by one frame.
 """
 
 from __future__ import annotations

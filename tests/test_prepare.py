@@ -27,9 +27,10 @@ FAST = prepare.PrepareConfig(face_size=64, min_frames=25, tracks_per_shard=2)
 def make_clip(path: pathlib.Path, seconds: float = 3.0, size: int = 64,
               audio_rate: int = 16000, channels: int = 1, with_audio: bool = True,
               click_at: float | None = None, sine: bool = False, vcodec: str = "mpeg4",
-              acodec: str = "aac") -> pathlib.Path:
-    """Writes a synthetic clip: grey frames with a moving square; silent audio except an
-    optional 1 ms click at `click_at` seconds and/or a 440 Hz sine."""
+              acodec: str = "aac", flash_frame: int | None = None) -> pathlib.Path:
+    """Writes a synthetic clip: grey frames with a moving square (frame `flash_frame`, if
+    given, is all white); silent audio except an optional 1 ms click at `click_at` seconds
+    and/or a 440 Hz sine."""
     path.parent.mkdir(parents=True, exist_ok=True)
     container = av.open(str(path), "w")
     vstream = container.add_stream(vcodec, rate=25)
@@ -40,6 +41,8 @@ def make_clip(path: pathlib.Path, seconds: float = 3.0, size: int = 64,
     for i in range(int(round(seconds * 25))):
         img = np.full((size, size, 3), 128, np.uint8)
         img[8:20, 8 + i % 40:20 + i % 40] = 255
+        if i == flash_frame:
+            img[:] = 255
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts = i
         for packet in vstream.encode(frame):
@@ -139,12 +142,27 @@ def test_prepare_round_trip_real_clips(tmp_path):
     assert {t["track_id"]: t["num_frames"] for t in manifest["tracks"]}["grid/bbaf2n"] == 75
 
 
-@pytest.mark.parametrize("offset", [0, 3, -2])
-def test_voxceleb2_offset_puts_click_on_its_frame(tmp_path, offset):
-    click_frame = 40  # the click is in the middle of source audio frame 40
+def test_shift_audio_uses_syncnet_sign():
+    """Offset k: the sound of video frame i is source audio frame i - k, so after the shift
+    source frame j sits at frame j + k (and the vacated frames are silent)."""
+    audio = np.repeat(np.arange(1, 7, dtype=np.int16), 640)  # frame j holds value j + 1
+    delayed = media.shift_audio(audio, 2)
+    assert delayed[::640].tolist() == [0, 0, 1, 2, 3, 4]
+    advanced = media.shift_audio(audio, -2)
+    assert advanced[::640].tolist() == [3, 4, 5, 6, 0, 0]
+
+
+@pytest.mark.parametrize("offset", [-5, -2, 0, 1, 3, 5])
+def test_voxceleb2_offset_puts_click_on_the_flash_frame(tmp_path, offset):
+    """VoxCeleb2's `Offset` is SyncNet's (syncnet_python SyncNetInstance.py, `calc_pdist` +
+    `offset = opt.vshift - minidx`): the sound of video frame i is at audio frame i - Offset.
+    A clip whose video flashes at frame 40 and whose audio clicks at audio frame 40 - Offset
+    must come out of `prepare` with the click on the flash frame."""
+    flash = 40
+    click = flash - offset  # where SyncNet's convention puts the flash's sound
     root = tmp_path / "vox2"
-    make_clip(root / "mp4/id00001/vidA/00001.mp4", seconds=3.2,
-              click_at=(click_frame + 0.5) / 25)
+    make_clip(root / "mp4/id00001/vidA/00001.mp4", seconds=3.2, flash_frame=flash,
+              click_at=(click + 0.5) / 25)  # mid-frame, so +-half a frame of codec jitter is fine
     write_vox_txt(root / "txt/id00001/vidA/00001.txt", "id00001", "vidA", offset, 80)
     out = tmp_path / "out"
     assert prepare.main(["--source", "voxceleb2", "--input", str(root), "--output", str(out),
@@ -154,10 +172,10 @@ def test_voxceleb2_offset_puts_click_on_its_frame(tmp_path, offset):
     assert track["track_id"] == b"id00001/vidA/00001" and track["identity"] == b"id00001"
     assert track["video_id"] == b"vidA" and int(track["av_offset_frames"]) == offset
     assert track["audio"].shape == (80 * 640,)
-    # sound of frame i is at source time (i + k) / 25: the click belongs to frame 40 - k
-    expected = click_frame - offset
-    peak = int(np.argmax(np.abs(track["audio"])))
-    assert expected * 640 <= peak < (expected + 1) * 640, (peak / 640, expected)
+    flash_out = int(np.argmax(track["frames"].reshape(80, -1).mean(axis=1)))
+    assert flash_out == flash
+    click_out = int(np.argmax(np.abs(track["audio"]))) // 640
+    assert abs(click_out - flash_out) <= 1, (click_out, flash_out)
 
 
 def test_voxceleb2_missing_txt_is_a_warning(tmp_path):
