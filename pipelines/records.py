@@ -30,12 +30,12 @@ Positive `k` = the audio leads the video. Preparation delays the audio by `k` fr
 
 The reference trainer's extra frame, and why we do not copy it: joonson/syncnet_trainer
 DatasetLoader.py reads video from `startidx + offset - 1` for audio from `startidx`, i.e. the
-same sign plus one frame of video lead. That frame is not a property of the data. By
-receptive-field arithmetic, the reference model's audio step j is centred 2.25 video frames
-after its audio window start (torchaudio's centred STFT frames with the first frame dropped,
+same sign with the video window starting one frame earlier. That frame is not a property of the data. By
+receptive-field arithmetic, the reference model's audio step j is centred j + 2.25 video
+frames after its audio window start (torchaudio's centred STFT frames with the first frame dropped,
 models/SyncNetModelFBank.py `x[:,:,1:-1]`) and its face step j on frame j + 2 of the video
-window, so its `- 1` places the face 1.25 frames before its sound instead of 0.25 after; and
-its frames are read by OpenCV frame seeking (dataLoader.py `cap.set(1, start_frame)`), whose
+window, so with its `- 1` the audio step it pairs with a face step is centred 1.25 frames
+after that face's sound, against 0.25 frames without it; and its frames are read by OpenCV frame seeking (dataLoader.py `cap.set(1, start_frame)`), whose
 landing frame has differed between OpenCV/FFmpeg versions. We therefore store the audio
 physically aligned (the SyncNet sign, no extra frame) and build streams whose audio and face
 step j are centred on the same instant (`av_disentangle/streams.py`). A constant one-frame
