@@ -23,6 +23,18 @@ Tasks:
   * ``--make_trials ROOT --trials_out FILE``: all same/different pairs of
     ``ROOT/<speaker>/<utt>.<ext>``.
 
+Outputs: ``--scores_out`` / ``--plot_out`` files, ``--logdir`` (TensorBoard run
+``<logdir>/evaluate``: the DET curve or sync offset curve as an image and the metrics as
+scalars, at step = the model's version folder), ``--projector_out`` (TensorBoard embedding
+projector: ``tensors.tsv``, ``metadata.tsv``, ``projector_config.pbtxt``; view it with
+``tensorboard --logdir <projector_out>``). Every path is checked before any work; every file is
+written to a temporary name and renamed, after the summary line is printed.
+
+Faults: a user error is one line naming the file and the problem, exit 2. An audio file that
+cannot be decoded or decodes to NaN/Inf stops verification (``--skip_missing`` drops its trials
+with a report); an unreadable video is skipped by sync/crossmodal with a report (count and first
+names, also in the summary line), ``--strict`` stops at it instead.
+
 Examples:
   python evaluate.py --make_trials data/samples/librispeech_subset --trials_out /tmp/ls.txt
   python evaluate.py --model saved_models/av/1 --trials /tmp/ls.txt \\
@@ -34,10 +46,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
 import logging
 import os
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +92,88 @@ class EvaluationError(RuntimeError):
     """A user-facing error (bad input file, missing data); printed without a traceback."""
 
 
+# === Paths: checked before any work, written atomically ===
+
+
+def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to a temporary name beside ``path`` and renames it (a reader never sees
+    a half-written file).
+
+    Raises:
+        EvaluationError: naming ``path``, if it cannot be written.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise EvaluationError(f"{path}: cannot write ({err.strerror or err})") from err
+
+
+def _write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    _write_atomic(path, text.encode("utf-8"))
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Creates and removes a file in ``folder`` (the only reliable test, also for root and for
+    read-only mounts)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".evaluate-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise EvaluationError(f"{what}: cannot write in folder {folder} "
+                              f"({err.strerror or err})") from err
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """Raises EvaluationError unless ``path`` can be written (its folder exists and is
+    writable, and it is not a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        raise EvaluationError(f"{path}: {flag} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise EvaluationError(f"{path}: {flag} cannot be written: folder {p.parent} does not "
+                              "exist")
+    _probe_writable(p.parent, f"{path}: {flag}")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> None:
+    """Creates ``path`` if needed; raises EvaluationError unless files can be written in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise EvaluationError(f"{path}: {flag} folder cannot be created "
+                              f"({err.strerror or err})") from err
+    _probe_writable(Path(path), f"{path}: {flag}")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Every input path exists and every output can be written, before any decoding or model
+    loading, so that a long run never ends in a path error and the metrics are never lost."""
+    inputs = [(args.trials, "--trials", "file"), (args.identities, "--identities", "file"),
+              (args.audio_root, "--audio_root", "folder"), (args.videos, "--videos", "folder")]
+    for path, flag, kind in inputs:
+        if path and not (os.path.isfile(path) if kind == "file" else os.path.isdir(path)):
+            raise EvaluationError(f"{path}: {flag} {kind} not found")
+    for flag in ("--scores_out", "--plot_out"):
+        path = getattr(args, flag[2:])
+        if path:
+            check_output_file(path, flag)
+    if args.projector_out and args.task == "sync":
+        raise EvaluationError("--projector_out shows embeddings: use it with --task "
+                              "verification or crossmodal")
+    for flag in ("--logdir", "--projector_out"):
+        path = getattr(args, flag[2:])
+        if path:
+            check_output_dir(path, flag)
+
+
 # === Trials ===
 
 
@@ -99,17 +195,23 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
         EvaluationError: naming the file and 1-based line number of a malformed line.
     """
     trials: list[Trial] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            parts = text.split()
-            if len(parts) != 3 or parts[0] not in ("0", "1"):
-                raise EvaluationError(
-                    f"{path}:{lineno}: expected 'label path1 path2' with label 0 or 1, "
-                    f"got {text[:200]!r}")
-            trials.append(Trial(int(parts[0]), parts[1], parts[2]))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError as err:
+        raise EvaluationError(f"{path}: --trials file not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise EvaluationError(f"{path}: cannot read the trial list ({err})") from err
+    for lineno, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split()
+        if len(parts) != 3 or parts[0] not in ("0", "1"):
+            raise EvaluationError(
+                f"{path}:{lineno}: expected 'label path1 path2' with label 0 or 1, "
+                f"got {text[:200]!r}")
+        trials.append(Trial(int(parts[0]), parts[1], parts[2]))
     if not trials:
         raise EvaluationError(f"{path}: no trials found")
     return trials
@@ -133,11 +235,10 @@ def make_trials(root: str | os.PathLike, out_path: str | os.PathLike,
         raise EvaluationError(
             f"{root}: need audio files of at least 2 speakers in <root>/<speaker>/, found "
             f"{len(files)} file(s) of {len(speakers)} speaker(s)")
-    n = 0
-    with open(out_path, "w", encoding="utf-8") as out:
-        for (s1, p1), (s2, p2) in itertools.combinations(files, 2):
-            out.write(f"{int(s1 == s2)} {p1} {p2}\n")
-            n += 1
+    lines = [f"{int(s1 == s2)} {p1} {p2}\n"
+             for (s1, p1), (s2, p2) in itertools.combinations(files, 2)]
+    _write_text_atomic(out_path, "".join(lines))
+    n = len(lines)
     n_target = sum(c * (c - 1) // 2 for c in Counter(s for s, _ in files).values())
     logger.info("wrote %d trials (%d target, %d non-target) over %d files of %d speakers "
                 "to %s", n, n_target, n - n_target, len(files), len(speakers), out_path)
@@ -176,7 +277,13 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise EvaluationError(f"cannot decode audio file {path}: {err}") from err
     if not chunks or sum(c.size for c in chunks) == 0:
         raise EvaluationError(f"cannot decode audio file {path}: no audio samples")
-    return np.clip(np.concatenate(chunks).astype(np.float32), -1.0, 1.0)
+    wav = np.concatenate(chunks).astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(wav))
+    if bad.size:  # a float file or a broken decoder; the model would embed garbage
+        raise EvaluationError(
+            f"{path}: audio decodes to {bad.size} non-finite sample{'s' * (bad.size > 1)} "
+            f"(NaN or Inf) of {wav.size}, first at {bad[0] / sample_rate:.2f} s")
+    return np.clip(wav, -1.0, 1.0)
 
 
 def load_video(path: str | os.PathLike, size: tuple[int, int] | None, fps: int = VIDEO_FPS,
@@ -341,15 +448,42 @@ def list_videos(directory: str | os.PathLike) -> list[Path]:
 # === Model ===
 
 
+def _version_hint(folder: Path) -> str:
+    """What to pass instead of a model's base folder (TF Serving layout ``<name>/<version>``)."""
+    versions = sorted((d.name for d in folder.iterdir()
+                       if d.is_dir() and d.name.isdigit() and (d / "saved_model.pb").is_file()),
+                      key=int)
+    if versions:
+        return (f"it holds version folders {', '.join(versions)}: pass one of them, e.g. "
+                f"--model {folder / versions[-1]}")
+    entries = sorted(d.name for d in folder.iterdir())
+    return ("and it has no version folders (<name>/<integer>/saved_model.pb)"
+            + (f"; it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
+               if entries else "; it is empty"))
+
+
 class ExportedModel:
     """Thin wrapper over the four serving signatures of an exported SavedModel."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        if not Path(path).is_dir():
-            raise EvaluationError(f"SavedModel directory not found: {path}")
+        folder = Path(path)
+        if not folder.is_dir():
+            raise EvaluationError(f"{path}: --model SavedModel folder not found")
+        if not any((folder / f).is_file() for f in ("saved_model.pb", "saved_model.pbtxt")):
+            raise EvaluationError(f"{path}: --model is not a SavedModel (no saved_model.pb); "
+                                  + _version_hint(folder))
         self.path = str(path)
-        self._loaded = tf.saved_model.load(self.path)
+        try:
+            self._loaded = tf.saved_model.load(self.path)
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise EvaluationError(f"{path}: cannot load the SavedModel: {first[:300]}") from err
         self.signatures = self._loaded.signatures
+
+    def require(self, *names: str) -> None:
+        """Raises EvaluationError now, before any decoding, if a signature is missing."""
+        for name in names:
+            self._signature(name)
 
     def _signature(self, name: str):
         if name not in self.signatures:
@@ -419,16 +553,19 @@ def crop_waveform(wav: np.ndarray, num_crops: int, crop_samples: int) -> np.ndar
 
 
 def embed_files(model: ExportedModel, paths: Sequence[str], audio_root: str | os.PathLike,
-                num_crops: int = 10, crop_seconds: float = 2.0,
-                batch_size: int = 64) -> np.ndarray:
+                num_crops: int = 10, crop_seconds: float = 2.0, batch_size: int = 64,
+                skip_bad: bool = False) -> tuple[np.ndarray, dict[str, str]]:
     """Embeds each file once as ``num_crops`` crops.
 
     Args:
         paths: F distinct paths relative to ``audio_root`` (or absolute).
         batch_size: crops per model call (rounded to whole files, at least one file).
+        skip_bad: leave out a file that cannot be decoded or decodes to NaN/Inf (instead of
+            raising EvaluationError naming it).
 
     Returns:
-        (F, N, D) float32 crop embeddings.
+        ``(embeddings, bad)``: (F', N, D) float32 crop embeddings of the F' usable files in
+        the order of ``paths``, and {path: reason} for the files left out.
     """
     crop_samples = int(round(crop_seconds * SAMPLE_RATE))
     if crop_samples < SAMPLE_RATE:
@@ -444,14 +581,25 @@ def embed_files(model: ExportedModel, paths: Sequence[str], audio_root: str | os
         out.append(emb.reshape(len(pending), num_crops, -1))
         pending.clear()
 
+    bad: dict[str, str] = {}
     for p in tqdm(paths, desc="embedding", unit="file", mininterval=1.0):
-        wav = load_audio(os.path.join(audio_root, p))
+        try:
+            wav = load_audio(os.path.join(audio_root, p))
+        except EvaluationError as err:
+            if not skip_bad:
+                raise EvaluationError(f"{err} (--skip_missing drops the trials of files that "
+                                      "cannot be used)") from err
+            bad[p] = str(err)
+            continue
         pending.append(crop_waveform(wav, num_crops, crop_samples))
         if len(pending) >= files_per_call:
             flush()
     if pending:
         flush()
-    return np.concatenate(out).astype(np.float32)
+    if not out:
+        raise EvaluationError(f"none of the {len(paths)} audio files could be used, e.g. "
+                              f"{next(iter(bad.values()), '')}")
+    return np.concatenate(out).astype(np.float32), bad
 
 
 def _score_buffer_metric(model) -> EqualErrorRate:
@@ -503,10 +651,9 @@ def format_summary(logs: dict[str, float]) -> str:
 
 def write_scores(path: str | os.PathLike, scores: np.ndarray,
                  trials: Sequence[Trial]) -> None:
-    """One ``score label path1 path2`` line per trial."""
-    with open(path, "w", encoding="utf-8") as f:
-        for s, t in zip(scores, trials):
-            f.write(f"{s:.6f} {t.label} {t.path1} {t.path2}\n")
+    """One ``score label path1 path2`` line per trial (written atomically)."""
+    _write_text_atomic(path, "".join(f"{s:.6f} {t.label} {t.path1} {t.path2}\n"
+                                     for s, t in zip(scores, trials)))
     logger.info("wrote %d scores to %s", len(trials), path)
 
 
@@ -514,13 +661,30 @@ def _probit(p: np.ndarray) -> np.ndarray:
     return tf.math.ndtri(tf.constant(p, tf.float64)).numpy()
 
 
-def plot_det(path: str | os.PathLike, scores: np.ndarray, labels: np.ndarray,
-             title: str = "") -> None:
-    """Saves a DET curve (normal-deviate axes, EER marked) and score histograms as PNG."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure_png(fig) -> bytes:
+    """PNG bytes of a matplotlib figure (closed afterwards)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def plot_det(path: str | os.PathLike | None, scores: np.ndarray, labels: np.ndarray,
+             title: str = "") -> bytes:
+    """A DET curve (normal-deviate axes, EER marked) and score histograms as PNG.
+
+    Returns the PNG bytes; also writes them (atomically) to ``path`` unless it is None.
+    """
+    plt = _pyplot()
 
     labels = np.asarray(labels).astype(bool)
     fpr, fnr, _ = det_curve(scores, labels)
@@ -572,15 +736,132 @@ def plot_det(path: str | os.PathLike, scores: np.ndarray, labels: np.ndarray,
     ax_hist.legend(loc="upper left", fontsize=8)
     fig.suptitle(title or f"Verification: EER {100 * eer:.2f}%, minDCF(0.01) {dcf1:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    logger.info("wrote plot to %s", path)
+    png = _figure_png(fig)
+    if path is not None:
+        _write_atomic(path, png)
+        logger.info("wrote plot to %s", path)
+    return png
+
+
+def plot_sync(path: str | os.PathLike | None, curves: dict[int, list[np.ndarray]],
+              offsets: np.ndarray, errors: np.ndarray) -> bytes:
+    """The offset search as PNG: mean score per candidate offset for each applied shift (the
+    true offset dashed) and a histogram of the prediction errors.
+
+    Args:
+        curves: {shift: [(K,) scores per clip]}; offsets: (K,) candidate offsets (frames).
+        errors: (C,) predicted minus true offset over all clip-shifts.
+    """
+    plt = _pyplot()
+    fig, (ax_curve, ax_err) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for shift, clip_curves in sorted(curves.items()):
+        mean = np.mean(np.stack(clip_curves), axis=0)
+        (line,) = ax_curve.plot(offsets, mean, lw=2,
+                                label=f"audio delayed {shift:+d} frames ({len(clip_curves)} "
+                                      "clips)")
+        ax_curve.axvline(shift, ls="--", c=line.get_color(), alpha=0.7)
+    ax_curve.set_xlabel("candidate offset (video frames)")
+    ax_curve.set_ylabel("mean face/audio content cosine")
+    ax_curve.set_title("Offset search (dashed: true offset)")
+    ax_curve.grid(True, alpha=0.3)
+    ax_curve.legend(loc="lower left", fontsize=8)
+    span = int(max(np.max(np.abs(errors)), 1))
+    ax_err.hist(errors, bins=np.arange(-span - 0.5, span + 1.5), color="tab:blue")
+    ax_err.set_xlabel("predicted - true offset (frames)")
+    ax_err.set_ylabel("clip-shifts")
+    ax_err.locator_params(axis="y", integer=True)
+    ax_err.set_title(f"Exact {100 * np.mean(errors == 0):.1f}%, within +-1 "
+                     f"{100 * np.mean(np.abs(errors) <= 1):.1f}% ({errors.size} clip-shifts)")
+    fig.tight_layout()
+    png = _figure_png(fig)
+    if path is not None:
+        _write_atomic(path, png)
+        logger.info("wrote plot to %s", path)
+    return png
+
+
+# === TensorBoard ===
+
+
+def model_step(model_path: str | os.PathLike) -> int:
+    """The model's version folder (``saved_models/<name>/<version>``) as the TensorBoard step,
+    so evaluations of successive exports line up; 0 when it is not an integer."""
+    name = Path(model_path).name
+    return int(name) if name.isdigit() else 0
+
+
+def write_tensorboard(logdir: str | os.PathLike, task: str, step: int,
+                      scalars: dict[str, float], images: dict[str, bytes]) -> str:
+    """Writes ``<task>/<name>`` scalars and PNG images to the run ``<logdir>/evaluate``.
+
+    Returns the run folder. Give the training run's ``<model_dir>/logs`` to see the evaluation
+    beside the training curves.
+    """
+    run = os.path.join(logdir, "evaluate")
+    writer = tf.summary.create_file_writer(run)
+    with writer.as_default(step=step):
+        for name, value in scalars.items():
+            tf.summary.scalar(f"{task}/{name}", float(value))
+        for name, png in images.items():
+            tf.summary.image(f"{task}/{name}", tf.image.decode_png(png, channels=3)[None])
+    writer.close()
+    logger.info("wrote TensorBoard %s summaries (%s) to %s at step %d", task,
+                ", ".join([*scalars, *images]), run, step)
+    return run
+
+
+def _tsv_field(text: str) -> str:
+    return " ".join(str(text).split())  # no tabs or newlines inside a field
+
+
+def write_projector(out_dir: str | os.PathLike, embeddings: np.ndarray, columns: Sequence[str],
+                    rows: Sequence[Sequence[str]], name: str) -> None:
+    """Files for TensorBoard's embedding projector (``tensorboard --logdir out_dir``).
+
+    Args:
+        embeddings: (N, D) float32, one row per point.
+        columns: metadata column names (>= 2, so the metadata file has a header row, as the
+            projector expects for several columns).
+        rows: N tuples of metadata values.
+
+    Writes ``tensors.tsv`` (N lines of D tab-separated values), ``metadata.tsv`` (header + N
+    lines) and last ``projector_config.pbtxt`` naming them (paths relative to ``out_dir``).
+    """
+    if len(columns) < 2 or len(rows) != embeddings.shape[0]:
+        raise ValueError("need >= 2 metadata columns and one metadata row per embedding")
+    out = Path(out_dir)
+    _write_text_atomic(out / "tensors.tsv", "".join(
+        "\t".join(f"{v:.6g}" for v in row) + "\n" for row in embeddings))
+    _write_text_atomic(out / "metadata.tsv", "\t".join(columns) + "\n" + "".join(
+        "\t".join(_tsv_field(v) for v in row) + "\n" for row in rows))
+    _write_text_atomic(out / "projector_config.pbtxt",
+                       f'embeddings {{\n  tensor_name: "{name}"\n  tensor_path: "tensors.tsv"\n'
+                       '  metadata_path: "metadata.tsv"\n}\n')
+    logger.info("wrote %d embeddings for the TensorBoard projector to %s (tensorboard "
+                "--logdir %s)", embeddings.shape[0], out, out)
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _report_skipped(skipped: Sequence[tuple[str, str]], total: int) -> None:
+    """One warning with the count and the first few reasons (each names its file)."""
+    first = "; ".join(reason for _, reason in skipped[:5])
+    more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    logger.warning("%d of %d videos could not be read and were skipped (--strict stops "
+                   "instead): %s%s", len(skipped), total, first, more)
 
 
 def run_verification(args: argparse.Namespace) -> dict[str, float]:
-    """Verification task; returns the metric logs and prints the summary line."""
+    """Verification task; returns the metric logs and prints the summary line.
+
+    Order: all paths checked, trials read, model loaded, files embedded, pairs scored, the
+    summary printed, and only then the outputs written (each atomically).
+    """
     if not args.trials or not args.audio_root:
         raise EvaluationError("--task verification needs --trials and --audio_root")
+    check_paths(args)
     trials = read_trials(args.trials)
     distinct = sorted({p for t in trials for p in (t.path1, t.path2)})
     missing = [p for p in distinct if not os.path.isfile(os.path.join(args.audio_root, p))]
@@ -601,21 +882,40 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
     logger.info("%d trials over %d distinct files", len(trials), len(distinct))
 
     model = ExportedModel(args.model)
-    emb = embed_files(model, distinct, args.audio_root, args.num_crops, args.crop_seconds,
-                      args.batch_size)
+    model.require("serving_default")
+    emb, bad = embed_files(model, distinct, args.audio_root, args.num_crops, args.crop_seconds,
+                           args.batch_size, skip_bad=args.skip_missing)
+    if bad:
+        before = len(trials)
+        trials = [t for t in trials if t.path1 not in bad and t.path2 not in bad]
+        logger.warning("--skip_missing: %d of %d audio files could not be used, dropped %d of "
+                       "%d trials: %s%s", len(bad), len(distinct), before - len(trials), before,
+                       "; ".join(list(bad.values())[:5]),
+                       f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        if not trials:
+            raise EvaluationError("no trials left after dropping the files that cannot be used")
+        distinct = [p for p in distinct if p not in bad]
     index = {p: i for i, p in enumerate(distinct)}
     idx1 = np.array([index[t.path1] for t in trials])
     idx2 = np.array([index[t.path2] for t in trials])
     labels = np.array([t.label for t in trials], dtype=np.float32)
     _check_both_classes(labels, "trial list")
     scores, logs = score_pairs(emb, emb, idx1, idx2, labels, args.score_batch_size)
+    print(format_summary(logs), flush=True)  # before any output file: never lost
+
     if args.scores_out:
         write_scores(args.scores_out, scores, trials)
-    if args.plot_out:
-        plot_det(args.plot_out, scores, labels,
-                 title=f"Speaker verification ({Path(args.trials).name}, "
-                       f"{len(trials)} trials): {format_summary(logs)}")
-    print(format_summary(logs))
+    if args.plot_out or args.logdir:
+        png = plot_det(args.plot_out, scores, labels,
+                       title=f"Speaker verification ({Path(args.trials).name}, "
+                             f"{len(trials)} trials): {format_summary(logs)}")
+        if args.logdir:
+            write_tensorboard(args.logdir, "verification", model_step(args.model), logs,
+                              {"det_curve": png})
+    if args.projector_out:
+        write_projector(args.projector_out, _l2_normalise(emb.mean(axis=1)),
+                        ("speaker", "file"), [(Path(p).parts[0], p) for p in distinct],
+                        "speaker_embeddings")
     return logs
 
 
@@ -667,17 +967,50 @@ def sync_offset_scores(model: ExportedModel, frames: np.ndarray, audio: np.ndarr
     return np.einsum("td,ktd->k", fc, ac) / steps
 
 
+def _decoded_videos(videos: Sequence[Path], size: tuple[int, int], args: argparse.Namespace,
+                    skipped: list[tuple[str, str]], desc: str):
+    """Yields ``(video, frames (T, H, W, 3) uint8, audio (T * 640,) float32)`` per readable
+    video. An unreadable one (undecodable, no audio, NaN/Inf audio, no face) is appended to
+    ``skipped`` as (path, reason), or with ``--strict`` raises EvaluationError naming it."""
+    for video in tqdm(videos, desc=desc, unit="video"):
+        try:
+            frames, audio = load_face_video(video, size, args.detect_faces, args.max_seconds)
+        except EvaluationError as err:
+            if args.strict:
+                raise EvaluationError(f"{err} (--strict: stopped at the first unreadable "
+                                      "video)") from err
+            logger.debug("skipping %s: %s", video, err)
+            skipped.append((str(video), str(err)))
+            continue
+        yield video, frames, audio
+
+
+def _skip_summary(skipped: Sequence[tuple[str, str]], total: int, root: str) -> str:
+    """Reports skipped videos; returns the suffix for the summary line ('' if none)."""
+    if len(skipped) == total:
+        raise EvaluationError(f"none of the {total} videos under {root} could be read, e.g. "
+                              f"{skipped[0][1]}")
+    if not skipped:
+        return ""
+    _report_skipped(skipped, total)
+    return f"; {len(skipped)} of {total} videos skipped (unreadable)"
+
+
 def run_sync(args: argparse.Namespace) -> dict[str, float]:
     """Sync task: predicted offset accuracy over videos x shifts (exact and +-1 frame)."""
     if not args.videos:
         raise EvaluationError("--task sync needs --videos")
+    check_paths(args)
     shifts = [int(s) for s in args.shifts.split(",") if s.strip()]
+    videos = list_videos(args.videos)
     model = ExportedModel(args.model)
+    model.require("content", "face_content")
     size = model.face_size(args.face_size)
     offsets = np.arange(-args.max_offset, args.max_offset + 1)
     results: list[tuple[str, int, int]] = []  # (video, shift, predicted)
-    for video in tqdm(list_videos(args.videos), desc="sync", unit="video"):
-        frames, audio = load_face_video(video, size, args.detect_faces, args.max_seconds)
+    curves: dict[int, list[np.ndarray]] = {}  # shift -> (K,) scores per clip
+    skipped: list[tuple[str, str]] = []
+    for video, frames, audio in _decoded_videos(videos, size, args, skipped, "sync"):
         for s in shifts:
             try:
                 scores = sync_offset_scores(model, frames, audio, args.max_offset, s)
@@ -686,8 +1019,10 @@ def run_sync(args: argparse.Namespace) -> dict[str, float]:
                 continue
             pred = int(offsets[int(np.argmax(scores))])
             results.append((str(video), s, pred))
+            curves.setdefault(s, []).append(scores)
             logger.info("%s: shift %+d -> predicted %+d (best %.3f, median %.3f)", video.name,
                         s, pred, float(scores.max()), float(np.median(scores)))
+    suffix = _skip_summary(skipped, len(videos), args.videos)
     if not results:
         raise EvaluationError("no video was long enough for the offset search")
     err = np.array([p - s for _, s, p in results])
@@ -700,8 +1035,14 @@ def run_sync(args: argparse.Namespace) -> dict[str, float]:
                         100 * np.mean(e == 0), 100 * np.mean(np.abs(e) <= 1), e.size)
     print(f"sync offset accuracy: exact {100 * exact:.1f}%  within+-1 {100 * within1:.1f}%  "
           f"({len(results)} clip-shifts, {len({v for v, _, _ in results})} videos, "
-          f"offsets +-{args.max_offset})")
-    return {"exact": exact, "within1": within1, "n": float(len(results))}
+          f"offsets +-{args.max_offset}){suffix}", flush=True)
+    logs = {"exact": exact, "within1": within1, "n": float(len(results))}
+    if args.plot_out or args.logdir:
+        png = plot_sync(args.plot_out, curves, offsets, err)
+        if args.logdir:
+            write_tensorboard(args.logdir, "sync", model_step(args.model),
+                              {"exact": exact, "within1": within1}, {"offset_curve": png})
+    return logs
 
 
 # === Cross-modal verification ===
@@ -744,14 +1085,17 @@ def run_crossmodal(args: argparse.Namespace) -> dict[str, float]:
     """Face-to-voice verification over all face/voice segment pairs."""
     if not args.videos:
         raise EvaluationError("--task crossmodal needs --videos")
+    check_paths(args)
     root = Path(args.videos)
     ids = read_identities(args.identities) if args.identities else None
+    videos = list_videos(root)
     model = ExportedModel(args.model)
+    model.require("serving_default", "embed_face")
     size = model.face_size(args.face_size)
     seg_frames = max(MIN_FACE_FRAMES, int(round(args.segment_seconds * VIDEO_FPS)))
-    faces, voices, owner = [], [], []
-    for video in tqdm(list_videos(root), desc="crossmodal", unit="video"):
-        frames, audio = load_face_video(video, size, args.detect_faces, args.max_seconds)
+    faces, voices, owner, segment = [], [], [], []
+    skipped: list[tuple[str, str]] = []
+    for video, frames, audio in _decoded_videos(videos, size, args, skipped, "crossmodal"):
         if frames.shape[0] < seg_frames:  # pad short clips by repeating
             reps = int(np.ceil(seg_frames / frames.shape[0]))
             frames = np.concatenate([frames] * reps)[:seg_frames]
@@ -763,6 +1107,9 @@ def run_crossmodal(args: argparse.Namespace) -> dict[str, float]:
         faces.append(model.embed_faces(f_batch))
         voices.append(model.embed_waveforms(a_batch))
         owner += [_identity_of(video, root, ids)] * len(starts)
+        rel = video.relative_to(root).as_posix()
+        segment += [f"{rel}@{s / VIDEO_FPS:.2f}s" for s in starts]
+    suffix = _skip_summary(skipped, len(videos), args.videos)
     face_table = np.concatenate(faces)
     voice_table = np.concatenate(voices)
     owners = np.array(owner)
@@ -775,10 +1122,19 @@ def run_crossmodal(args: argparse.Namespace) -> dict[str, float]:
                 len(set(owner)), "identities" if ids else "clips")
     scores, logs = score_pairs(face_table, voice_table, idx1, idx2, labels,
                                args.score_batch_size)
-    if args.plot_out:
-        plot_det(args.plot_out, scores, labels,
-                 title=f"Face-to-voice verification: {format_summary(logs)}")
-    print(format_summary(logs))
+    print(format_summary(logs) + suffix, flush=True)
+    if args.plot_out or args.logdir:
+        png = plot_det(args.plot_out, scores, labels,
+                       title=f"Face-to-voice verification: {format_summary(logs)}")
+        if args.logdir:
+            write_tensorboard(args.logdir, "crossmodal", model_step(args.model), logs,
+                              {"det_curve": png})
+    if args.projector_out:
+        write_projector(args.projector_out,
+                        _l2_normalise(np.concatenate([face_table, voice_table])),
+                        ("identity", "modality", "segment"),
+                        [(o, m, g) for m in ("face", "voice") for o, g in zip(owner, segment)],
+                        "face_and_voice_embeddings")
     return logs
 
 
@@ -799,9 +1155,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=64, help="crops per model call")
     g.add_argument("--score_batch_size", type=int, default=4096, help="pairs per scoring step")
     g.add_argument("--skip_missing", action="store_true",
-                   help="drop trials whose audio file is missing instead of failing")
+                   help="drop the trials of audio files that are missing, cannot be decoded "
+                        "or decode to NaN/Inf samples (reported by name) instead of failing")
     g.add_argument("--scores_out", help="write 'score label path1 path2' per trial")
-    g.add_argument("--plot_out", help="PNG with DET curve and score histograms")
+    g.add_argument("--plot_out", help="PNG: DET curve and score histograms (verification, "
+                                      "crossmodal) or the offset curve (sync)")
     g = p.add_argument_group("sync / crossmodal")
     g.add_argument("--videos", help="directory of videos (mp4/mpg, searched recursively)")
     g.add_argument("--face_size", type=int, default=112,
@@ -817,6 +1175,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--identities", help="crossmodal: CSV 'path,identity' (default: clip)")
     g.add_argument("--segments_per_clip", type=int, default=2)
     g.add_argument("--segment_seconds", type=float, default=2.0)
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first video that cannot be read (default: skip it and "
+                        "report the count and names)")
+    g = p.add_argument_group("TensorBoard")
+    g.add_argument("--logdir", help="write the DET / offset curve image and the metrics to "
+                                    "the TensorBoard run <logdir>/evaluate (e.g. the training "
+                                    "run's <model_dir>/logs)")
+    g.add_argument("--projector_out", help="folder for TensorBoard's embedding projector: "
+                                           "speaker (or face and voice) embeddings with their "
+                                           "labels; view with tensorboard --logdir FOLDER")
     g = p.add_argument_group("trial list builder")
     g.add_argument("--make_trials", metavar="ROOT",
                    help="write all pairs of ROOT/<speaker>/<utt>.<ext> to --trials_out")
@@ -833,6 +1201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.make_trials:
             if not args.trials_out:
                 raise EvaluationError("--make_trials needs --trials_out")
+            if not os.path.isdir(args.make_trials):
+                raise EvaluationError(f"{args.make_trials}: --make_trials folder not found")
+            check_output_file(args.trials_out, "--trials_out")
             make_trials(args.make_trials, args.trials_out)
             return 0
         if not args.model:

@@ -8,6 +8,10 @@ Signatures (all TF ops, so `tensorflow_model_server` and `saved_model_cli run` c
 - `content`: waveform, sample_rate -> content (B, T', D) audio content sequence.
 - `face_content`: frames -> content (B, T', D) face content sequence; a clip of T frames and
    T * 640 samples gives the same T' in both.
+Every signature checks its input in the graph (also behind TF Serving, which does not check
+shapes) and fails with InvalidArgumentError and a message naming the problem: wrong rank
+(expected (batch, samples) / (batch, time, H, W, 3)), sample_rate != 16000, too short, or NaN/Inf
+samples in the waveform (with the offending batch rows). Frames are uint8, always finite.
 Layout: `<export_root>/<name>/<version>/` with an integer version, as TF Serving expects.
 """
 
@@ -32,9 +36,41 @@ MIN_FRAMES = 5
 SIGNATURES = ("serving_default", "embed_audio", "embed_face", "content", "face_content")
 
 
+def _checked_rank(x: tf.Tensor, rank: int, message: str) -> tuple[tf.Operation, tf.Tensor]:
+    """The rank check, and `x` after it (later checks must read the returned tensor, so that
+    they run only once the rank is known to be right).
+
+    TF Serving's C++ Session::Run does not check a fed tensor against the signature's declared
+    shape, so a 1-D waveform reached `tf.shape(waveform)[1]` and failed as "slice index 1 of
+    dimension 0 out of bounds". A check on `tf.rank(x)` cannot catch it: the declared rank makes
+    it a constant, folded to "true" by grappler (even behind PlaceholderWithDefault, inside a
+    function). So the check reads values: the shape padded with rank + 1 entries of -1 (so
+    that index `rank` exists for any input rank), whose entry `rank - 1` is a size (>= 0) and
+    entry `rank` is -1 exactly when the true rank is `rank`.
+    """
+    padded = tf.concat([tf.shape(x), tf.fill([rank + 1], -1)], axis=0)
+    rank_is_right = tf.logical_and(padded[rank - 1] >= 0, tf.equal(padded[rank], -1))
+    rank_ok = tf.debugging.Assert(rank_is_right, [message, "got shape", tf.shape(x)])
+    with tf.control_dependencies([rank_ok]):
+        return rank_ok, tf.identity(x)
+
+
 def _check_waveform(waveform: tf.Tensor, sample_rate: tf.Tensor) -> list:
-    """In-graph checks with messages a client can act on."""
+    """In-graph checks with messages a client can act on.
+
+    Args:
+      waveform: (B, S) float32; sample_rate: () int32.
+
+    Returns:
+      Ops to run before the model. The rank check runs first (the others index dimension 1).
+      The finiteness check is one elementwise pass over the input (see BENCHMARKS.md).
+    """
+    rank_ok, waveform = _checked_rank(
+        waveform, 2, "waveform must be float32 (batch, samples): 16 kHz mono, one row per clip "
+                     "(a single clip is shape (1, samples))")
+    finite_rows = tf.reduce_all(tf.math.is_finite(waveform), axis=1)  # (B,)
     return [
+        rank_ok,
         tf.debugging.assert_equal(
             sample_rate, SAMPLE_RATE,
             message=f"sample_rate must be {SAMPLE_RATE} Hz: resample the audio to 16 kHz mono "
@@ -43,11 +79,20 @@ def _check_waveform(waveform: tf.Tensor, sample_rate: tf.Tensor) -> list:
             tf.shape(waveform)[1], MIN_SAMPLES,
             message=f"waveform is too short: at least {MIN_SAMPLES} samples "
                     f"({MIN_SAMPLES / SAMPLE_RATE:.1f} s at 16 kHz) are needed"),
+        tf.debugging.Assert(
+            tf.reduce_all(finite_rows),
+            ["waveform has NaN or Inf samples (the model would return a meaningless "
+             "embedding); check the decoder or resampler. Batch rows with NaN/Inf:",
+             tf.reshape(tf.where(tf.logical_not(finite_rows)), [-1])]),
     ]
 
 
 def _check_frames(frames: tf.Tensor) -> list:
-    return [tf.debugging.assert_greater_equal(
+    """Frames are uint8, so always finite: only the rank and the length are checked."""
+    rank_ok, frames = _checked_rank(frames, 5, "frames must be uint8 (batch, time, height, "
+                                               "width, 3) RGB face crops at 25 fps (a single "
+                                               "clip is shape (1, time, height, width, 3))")
+    return [rank_ok, tf.debugging.assert_greater_equal(
         tf.shape(frames)[1], MIN_FRAMES,
         message=f"too few frames: at least {MIN_FRAMES} face frames (25 fps) are needed")]
 

@@ -26,7 +26,8 @@ def test_export_round_trip_matches_keras(exported):
     assert set(SIGNATURES) <= set(loaded.signatures)
     rng = np.random.default_rng(0)
     wave = (0.1 * rng.normal(size=(2, 25 * 640))).astype(np.float32)
-    frames = rng.integers(0, 256, (2, 25, 32, 32, 3), dtype=np.uint8)
+    size = model.model_config.face_size
+    frames = rng.integers(0, 256, (2, 25, size, size, 3), dtype=np.uint8)
     sr = tf.constant(16000)
     keras_audio = model.audio_stream(wave, training=False)
     keras_face = model.face_stream(frames, training=False)
@@ -78,3 +79,67 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
     embedding = np.load(out / "embedding.npy")
     assert embedding.shape == (1, 16)
     np.testing.assert_allclose(np.linalg.norm(embedding), 1.0, rtol=1e-5)
+
+
+class _ServedModel:
+    """Runs signatures as tensorflow_model_server does, through a C++ Session::Run that does NOT
+    check fed tensors against the signature's declared shapes (Python's Session.run and the
+    eager signature call do, and would hide the in-graph check from the test)."""
+
+    def __init__(self, path: str) -> None:
+        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        self.meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+
+    def __call__(self, signature: str, inputs: dict) -> list[np.ndarray]:
+        sig = self.meta.signature_def[signature]
+        graph = self.session.graph
+        feeds = {graph.get_tensor_by_name(sig.inputs[k].name)._as_tf_output(): v
+                 for k, v in inputs.items()}
+        fetches = [graph.get_tensor_by_name(t.name)._as_tf_output()
+                   for t in sig.outputs.values()]
+        return self.session._call_tf_sessionrun(None, feeds, fetches, [], None)
+
+
+def test_serving_signatures_reject_non_finite_waveform(exported):
+    """One NaN/Inf sample used to give a normal-looking (unit-norm or zero) embedding."""
+    _, path = exported
+    loaded = tf.saved_model.load(path)
+    wave = (0.1 * np.random.default_rng(2).normal(size=(3, 16000))).astype(np.float32)
+    for bad in (np.nan, np.inf, -np.inf):
+        wave[1, 1234] = bad
+        for name in ("serving_default", "embed_audio", "content"):
+            with pytest.raises(tf.errors.InvalidArgumentError,
+                               match=r"(?s)waveform has NaN or Inf samples.*"
+                                     r"Batch rows with NaN/Inf:\] \[1\]"):
+                loaded.signatures[name](waveform=wave, sample_rate=tf.constant(16000))
+    wave[1, 1234] = 0.0  # the same batch without the bad sample is accepted
+    out = loaded.signatures["serving_default"](waveform=wave, sample_rate=tf.constant(16000))
+    assert np.all(np.isfinite(out["embedding"]))
+
+
+def test_serving_wrong_rank_named_as_served(exported):
+    """TF Serving feeds the request tensor unchecked: a 1-D waveform failed deep in the graph
+    with 'slice index 1 of dimension 0 out of bounds'; 4-D frames failed in a convolution."""
+    model, path = exported
+    size = model.model_config.face_size
+    served = _ServedModel(path)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"(?s)waveform must be float32 \(batch, samples\).*\[16000\]"):
+        served("serving_default", {"waveform": np.zeros(16000, np.float32),
+                                   "sample_rate": np.int32(16000)})
+    for wrong in (np.float32(0.5), np.zeros((1, 16000, 1), np.float32)):  # rank 0 and 3
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(batch, samples\)"):
+            served("serving_default", {"waveform": wrong, "sample_rate": np.int32(16000)})
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"frames must be uint8 \(batch, time, height, width, 3\)"):
+        served("embed_face", {"frames": np.zeros((25, size, size, 3), np.uint8)})
+    wave = np.zeros((1, 16000), np.float32)
+    wave[0, 7] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="waveform has NaN or Inf"):
+        served("serving_default", {"waveform": wave, "sample_rate": np.int32(16000)})
+    wave[0, 7] = 0.0
+    (embedding,) = served("serving_default", {"waveform": wave, "sample_rate": np.int32(16000)})
+    assert embedding.shape[0] == 1 and np.all(np.isfinite(embedding))
+    (embedding,) = served("embed_face", {"frames": np.zeros((1, 25, size, size, 3), np.uint8)})
+    assert embedding.shape[0] == 1
+    served.session.close()
