@@ -4,7 +4,8 @@ Negatives are PER REPLICA by default: under a tf.distribute strategy each replic
 identity term over its own slice of the global batch (batch_tracks / num_replicas tracks), as
 the reference code does on one GPU. With `LossConfig.gather_negatives` the face and voice
 identity embeddings are all-gathered, so every track is matched against all voices of the
-global batch (the same loss as one device on the global batch). The content term is
+global batch (the same loss as one device on the global batch), and so are the content
+embeddings of the identity-task confusion term. The content term is
 within-track and needs no gathering. The loss is divided by the number of replicas because
 Keras sums gradients across replicas. Losses are computed in float32 under mixed precision.
 """
@@ -137,19 +138,31 @@ class DisentangleModel(keras.Model):
         steps = tf.random.uniform([shape[0]], 0, shape[1], dtype=tf.int32)
         return losses.select_steps(face_identity, steps)
 
+    def _gathering(self) -> bool:
+        """True when identity-task negatives come from every replica (see module doc)."""
+        context = tf.distribute.get_replica_context()
+        return bool(self.loss_config.gather_negatives and context is not None
+                    and context.num_replicas_in_sync > 1)
+
+    def _gather(self, tensor: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | int]:
+        """(B_local, ...) -> (B_global, ...) all-gathered (differentiable), and the offset of
+        this replica's rows in it; the tensor itself and 0 when not gathering."""
+        if not self._gathering():
+            return tensor, 0
+        context = tf.distribute.get_replica_context()
+        offset = context.replica_id_in_sync_group * tf.shape(tensor)[0]
+        return context.all_gather(tensor, axis=0), offset
+
     def _identity_logits(self, face_id: tf.Tensor, voice_id: tf.Tensor):
         """Identity logits (face -> voice, voice -> face or None) and the target offset.
 
         Per-replica: (B, B) with diagonal targets. Gathered: (B_local, B_global) against the
         all-gathered other modality, row n targets replica_id * B_local + n.
         """
-        context = tf.distribute.get_replica_context()
-        if (not self.loss_config.gather_negatives or context is None
-                or context.num_replicas_in_sync == 1):
+        if not self._gathering():
             return losses.identity_logits(face_id, voice_id, self.identity_similarity), None, 0
-        all_voices = context.all_gather(voice_id, axis=0)
-        all_faces = context.all_gather(face_id, axis=0)
-        offset = context.replica_id_in_sync_group * tf.shape(face_id)[0]
+        all_voices, offset = self._gather(voice_id)
+        all_faces, _ = self._gather(face_id)
         forward = losses.identity_logits(face_id, all_voices, self.identity_similarity)
         reverse = losses.identity_logits(voice_id, all_faces, self.identity_similarity)
         return forward, reverse, offset
@@ -176,7 +189,10 @@ class DisentangleModel(keras.Model):
 
         # The wrong factor on each task: identity embeddings on the content task (per step,
         # within track) and time-pooled content embeddings on the identity task (across tracks).
-        pooled_fc, pooled_ac2 = losses.time_pool(fc), losses.time_pool(ac2)
+        # With gathered negatives the identity-task confusion uses the same (global) voices
+        # as the identity loss, so it equals the one-device loss on the global batch.
+        pooled_fc = losses.time_pool(fc)
+        pooled_ac2, leak_offset = self._gather(losses.time_pool(ac2))
         leak_c_logits = self.content_similarity(fi, ai, frozen=True)
         leak_i_logits = self.identity_similarity(pooled_fc, pooled_ac2, frozen=True)
         zero = tf.constant(0.0)
@@ -188,13 +204,15 @@ class DisentangleModel(keras.Model):
             # Aux heads learn the task on frozen embeddings; the streams learn to confuse them.
             sg = tf.stop_gradient
             aux = (losses.matching_cross_entropy(self.aux_content(sg(fi), sg(ai)))
-                   + losses.matching_cross_entropy(self.aux_identity(sg(pooled_fc), sg(pooled_ac2))))
+                   + losses.matching_cross_entropy(
+                       self.aux_identity(sg(pooled_fc), sg(pooled_ac2)), leak_offset))
             conf_c = losses.uniform_confusion(self.aux_content(fi, ai))
             conf_i = losses.uniform_confusion(self.aux_identity(pooled_fc, pooled_ac2))
         elif cfg.disentangle == "grl":
             # Ordinary CE through gradient reversal: heads minimise it, streams maximise it.
             conf_c = losses.matching_cross_entropy(self.aux_content(fi, ai))
-            conf_i = losses.matching_cross_entropy(self.aux_identity(pooled_fc, pooled_ac2))
+            conf_i = losses.matching_cross_entropy(self.aux_identity(pooled_fc, pooled_ac2),
+                                                   leak_offset)
 
         main = (cfg.content_weight * content + cfg.identity_weight * identity
                 + cfg.disentangle_weight * (conf_c + conf_i))
@@ -204,7 +222,7 @@ class DisentangleModel(keras.Model):
             "content_acc": losses.matching_accuracy(c_logits),
             "identity_acc": losses.matching_accuracy(i_logits, offset),
             "leak_content_acc": losses.matching_accuracy(leak_c_logits),
-            "leak_identity_acc": losses.matching_accuracy(leak_i_logits),
+            "leak_identity_acc": losses.matching_accuracy(leak_i_logits, leak_offset),
         }
         return values, main, aux
 

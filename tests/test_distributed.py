@@ -91,7 +91,7 @@ GATHER_CHECK = textwrap.dedent("""
     from av_disentangle.model import DisentangleModel
     from pipelines.input import InputConfig, make_dataset
     batch = next(iter(make_dataset(InputConfig(sys.argv[1], batch_tracks=6, window_frames=15,
-                                               face_size=32, seed=0))))
+                                               face_size=64, seed=0))))
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     result = {}
     for gather in (True, False):
@@ -129,3 +129,76 @@ def test_gathered_negatives_equal_single_replica_loss_on_global_batch(random_sha
     # Without gathering each replica sees 3 of the 6 voices: a different (easier) task.
     local_single, local_distributed = rows[("local", "identity_loss")]
     assert local_distributed < local_single - 1e-3
+
+
+ONE_STEP_CHECK = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]  # before TF initialises its devices
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras
+    from av_disentangle.config import LossConfig, ModelConfig
+    from av_disentangle.model import DisentangleModel
+    from av_disentangle.training import TrainConfig, make_optimizer
+    mode, frames = sys.argv[1], 9
+    size = ModelConfig.tiny().face_size
+    rng = np.random.default_rng(0)
+    half = {"frames": rng.integers(0, 256, (2, frames, size, size, 3), dtype=np.uint8),
+            "audio": (0.1 * rng.normal(size=(2, frames * 640))).astype(np.float32),
+            "audio_2": (0.1 * rng.normal(size=(2, frames * 640))).astype(np.float32)}
+    batch = {k: np.concatenate([v, v]) for k, v in half.items()}  # identical halves
+    deltas = {}
+    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
+        strategy = tf.distribute.MirroredStrategy(devices)
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = DisentangleModel(ModelConfig.tiny(), LossConfig(
+                disentangle=mode, gather_negatives=True, symmetric_identity=True,
+                face_identity_pooling="mean"))
+            model.compile(optimizer=make_optimizer(TrainConfig(learning_rate=0.05)))
+            model.optimizer.build(model.trainable_variables)
+        before = [v.numpy() for v in model.trainable_variables]
+        history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1,
+                            verbose=0).history
+        assert model.distribute_strategy.num_replicas_in_sync == len(devices)
+        deltas[name] = [v.numpy() - b for v, b in zip(model.trainable_variables, before)]
+        deltas[name + "_loss"] = history["loss"][-1]
+    np.savez(sys.argv[2], **{f"{k}_{i}": d for k in ("one", "two")
+                             for i, d in enumerate(deltas[k])})
+    print(json.dumps({"one_loss": deltas["one_loss"], "two_loss": deltas["two_loss"],
+                      "variables": len(deltas["one"])}))
+""")
+
+
+@pytest.mark.slow
+# `confusion` covers every term of `none` plus the confusion terms, whose identity-task part
+# must use the gathered voices too (it did not before: 0.5 * log 2 off per replica).
+@pytest.mark.parametrize("mode", ["confusion"])
+def test_one_mirrored_step_on_two_replicas_equals_one_device(tmp_path, mode):
+    """One `fit` step with gathered negatives on 2 logical CPUs moves every trainable weight
+    as one device does on the same global batch of 4 tracks (train.py's SGD, weight decay
+    included). This checks the `/ replicas` loss scaling (Keras sums the replicas' gradients)
+    and the gradient of the all-gathered identity embeddings.
+
+    BatchNorm is per replica under MirroredStrategy (no SyncBatchNorm), so each replica
+    normalises with the statistics of its own half; with any two different halves the batch
+    statistics, hence the losses, differ from one device's. The global batch is therefore two
+    IDENTICAL halves [X, X]: each replica's statistics are those of X, as are the global ones,
+    and every other term (within-track content, identity over all 4 gathered voices, tracks
+    b and b + 2 being duplicates in both settings) is the same function of the weights. The
+    time-mean face identity avoids per-replica random draws."""
+    out = tmp_path / "deltas.npz"
+    result = run_script(["-c", ONE_STEP_CHECK, mode, str(out)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(summary["two_loss"], summary["one_loss"], rtol=1e-5)
+    deltas = np.load(out)
+    ones = [deltas[f"one_{i}"] for i in range(summary["variables"])]
+    twos = [deltas[f"two_{i}"] for i in range(summary["variables"])]
+    # Conv biases before a BatchNorm get only rounding noise (~1e-7): BN removes the mean.
+    noise = 1e-4 * max(float(np.abs(d).max()) for d in ones)
+    assert sum(float(np.abs(d).max()) > 100 * noise for d in ones) > 40  # the step trained
+    for i, (one, two) in enumerate(zip(ones, twos)):
+        np.testing.assert_allclose(two, one, rtol=1e-3, atol=noise,
+                                   err_msg=f"trainable variable {i}")

@@ -237,8 +237,16 @@ def test_verification_missing_files(standin_model, tone_root, tmp_path):
                                                         r"spkA/gone.wav, spkB/nope.wav"):
         evaluate.run_verification(args)
     args.skip_missing = True
+    args.scores_out = str(tmp_path / "scores.txt")
     logs = evaluate.run_verification(args)
-    assert set(logs) == {"eer", "min_dcf_0.01", "min_dcf_0.05"}
+    kept = [ln.split() for ln in (tmp_path / "scores.txt").read_text().splitlines()]
+    assert [p[1:] for p in kept] == [["1", "spkA/u0.wav", "spkA/u1.wav"],
+                                     ["0", "spkA/u0.wav", "spkB/u2.wav"],
+                                     ["1", "spkB/u1.wav", "spkB/u2.wav"]]
+    scores = [float(p[0]) for p in kept]
+    # The stand-in tells the two tone "speakers" apart: both targets outscore the non-target.
+    assert min(scores[0], scores[2]) > scores[1]
+    assert logs["eer"] == 0.0
 
 
 def test_verification_scores_and_plot(standin_model, tone_root, tmp_path, capsys):
@@ -263,6 +271,8 @@ def test_verification_scores_and_plot(standin_model, tone_root, tmp_path, capsys
     scores = np.array([float(p[0]) for p in parsed])
     labels = np.array([int(p[1]) for p in parsed])
     assert logs["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-3)
+    assert labels.sum() == 6 and scores[labels == 1].min() > scores[labels == 0].max()
+    assert logs["eer"] == 0.0 and logs["min_dcf_0.01"] == 0.0
     assert plot_out.stat().st_size > 10_000
     assert plot_out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -321,20 +331,96 @@ def test_sync_offsets_recovered(standin_model, tmp_path, capsys):
     assert "sync offset accuracy: exact 100.0%  within+-1 100.0%" in capsys.readouterr().out
 
 
-def test_crossmodal_runs(standin_model, tmp_path, capsys):
+def _spy_on_score_pairs(monkeypatch) -> list:
+    """Records every score_pairs call's (scores, labels, idx1, idx2) and passes it through."""
+    calls = []
+    real = evaluate.score_pairs
+
+    def spy(table1, table2, idx1, idx2, labels, batch_size=1024):
+        scores, logs = real(table1, table2, idx1, idx2, labels, batch_size)
+        calls.append((scores, labels, idx1, idx2))
+        return scores, logs
+
+    monkeypatch.setattr(evaluate, "score_pairs", spy)
+    return calls
+
+
+def test_crossmodal_pairs_labels_and_eer(standin_model, tmp_path, capsys, monkeypatch):
+    """Every face segment against every voice segment; a pair is a target when both segments
+    come from the same clip (no --identities) or the same identity. 3 clips of 60 frames, 2
+    segments each: 6 x 6 = 36 pairs, 3 * 2^2 = 12 targets by clip, 4^2 + 2^2 = 20 with
+    c0, c1 = alice. The EER reported is the EER of those pairs' scores."""
+    calls = _spy_on_score_pairs(monkeypatch)
     videos = tmp_path / "videos"
     videos.mkdir()
     for i in range(3):
         make_sync_clip(videos / f"c{i}.mp4", n_frames=60, seed=10 + i)
     logs = evaluate.run_crossmodal(_args(task="crossmodal", model=standin_model,
                                          videos=str(videos), segment_seconds=1.0))
-    assert 0.0 <= logs["eer"] <= 1.0
     assert capsys.readouterr().out.startswith("EER ")
+    scores, labels, idx1, idx2 = calls[-1]
+    assert len(labels) == 36 and labels.sum() == 12
+    assert sorted(zip(idx1.tolist(), idx2.tolist())) == [(a, b) for a in range(6)
+                                                         for b in range(6)]
+    # Segments are in clip order, two per clip: a target iff the same clip.
+    np.testing.assert_array_equal(labels, (idx1 // 2 == idx2 // 2).astype(np.float32))
+    assert logs["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-6)
+
     ids = tmp_path / "ids.csv"
     ids.write_text("path,identity\nc0.mp4,alice\nc1.mp4,alice\nc2.mp4,bob\n")
     logs = evaluate.run_crossmodal(_args(task="crossmodal", model=standin_model,
                                          videos=str(videos), identities=str(ids)))
-    assert 0.0 <= logs["eer"] <= 1.0
+    scores, labels, idx1, idx2 = calls[-1]
+    assert len(labels) == 36 and labels.sum() == 20
+    np.testing.assert_array_equal(labels, ((idx1 < 4) == (idx2 < 4)).astype(np.float32))
+    assert logs["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-6)
+
+
+# === Scoring ===
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_score_pairs_known_scores_eer_and_min_dcf():
+    """Cosines set by angle: targets 0.9, 0.8, 0.3; non-targets 0.7, 0.2, 0.1. One target
+    below one non-target: at threshold 0.7 FPR = FNR = 1/3, so EER = 1/3; the cheapest
+    threshold for both DCF priors is 0.8 (P_miss 1/3, P_fa 0): normalised minDCF = 1/3."""
+    cosines = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1])
+    labels = np.array([1, 1, 1, 0, 0, 0], np.float32)
+    table1 = np.array([[1.0, 0.0]], np.float32)
+    table2 = np.stack([cosines, np.sqrt(1 - cosines ** 2)], axis=1).astype(np.float32)
+    scores, logs = evaluate.score_pairs(table1, table2, np.zeros(6, int), np.arange(6), labels)
+    np.testing.assert_allclose(scores, cosines, atol=1e-6)
+    assert logs["eer"] == pytest.approx(1 / 3, abs=1e-6)
+    assert logs["min_dcf_0.01"] == pytest.approx(1 / 3, abs=1e-6)
+    assert logs["min_dcf_0.05"] == pytest.approx(1 / 3, abs=1e-6)
+    # Crop tables (F, N, D): the score is the mean cosine over all N x M crop pairs.
+    e1, e2 = [1.0, 0.0], [0.0, 1.0]
+    crops1 = np.array([[e1, e2]], np.float32)  # cosines with e1: 1 and 0
+    crops2 = np.array([[e1, e1], [e2, e2]], np.float32)
+    scores, _ = evaluate.score_pairs(crops1, crops2, np.zeros(2, int), np.arange(2),
+                                     np.array([1, 0], np.float32))
+    np.testing.assert_allclose(scores, [0.5, 0.5], atol=1e-6)
+
+
+def test_score_pairs_good_embeddings_low_eer_shuffled_chance():
+    """20 speakers x 5 files, embeddings = speaker centre + small noise: every target pair
+    outscores every non-target (EER 0). The same embeddings assigned to the files in a random
+    order carry no speaker information: EER near 50% (4,950 pairs, 200 targets)."""
+    rng = np.random.default_rng(0)
+    speakers = np.repeat(np.arange(20), 5)
+    table = _unit_rows(rng.normal(size=(20, 16))[speakers] + 0.1 * rng.normal(size=(100, 16)))
+    idx1, idx2 = np.triu_indices(100, k=1)
+    labels = (speakers[idx1] == speakers[idx2]).astype(np.float32)
+    assert labels.sum() == 20 * 10
+    _, logs = evaluate.score_pairs(table.astype(np.float32), table.astype(np.float32),
+                                   idx1, idx2, labels)
+    assert logs["eer"] == 0.0
+    shuffled = table[rng.permutation(100)].astype(np.float32)
+    _, logs = evaluate.score_pairs(shuffled, shuffled, idx1, idx2, labels)
+    assert 0.4 < logs["eer"] < 0.6
 
 
 def test_crop_faces_and_detect_on_grid():

@@ -29,23 +29,70 @@ def test_gradient_reversal_serializes_in_a_model(tmp_path):
     np.testing.assert_array_equal(loaded(np.ones((1, 3))), np.ones((1, 3)))
 
 
-def test_scaled_cosine_initial_values_and_logits():
+def _unit(rng, shape):
+    x = rng.normal(size=shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_scaled_cosine_matches_numpy_for_its_current_w_and_b():
+    rng = np.random.default_rng(0)
+    a, b = _unit(rng, (2, 3, 5)), _unit(rng, (2, 4, 5))
+    sim = ScaledCosine(init_scale=3.0, init_bias=0.5)
+    np.testing.assert_allclose(sim(a, b).numpy(), 3.0 * a @ b.transpose(0, 2, 1) + 0.5,
+                               rtol=1e-5, atol=1e-6)
+    sim.scale.assign(-1.5)
+    sim.bias.assign(2.0)
+    expected = -1.5 * a @ b.transpose(0, 2, 1) + 2.0
+    np.testing.assert_allclose(sim(a, b).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sim(a, b, frozen=True).numpy(), expected, rtol=1e-5, atol=1e-6)
+    # Defaults: the reference's LossScale(init_w=10.0, init_b=-5.0) (syncnet_trainer
+    # SyncNetDist.py:13).
+    np.testing.assert_allclose(ScaledCosine()(a, b).numpy(), 10 * a @ b.transpose(0, 2, 1) - 5,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_scaled_cosine_w_and_b_are_trainable_and_move():
+    """One SGD(0.1) step on loss = sum(logits * t): dL/dw = sum(cos * t), dL/db = sum(t)."""
+    rng = np.random.default_rng(1)
+    a, b = _unit(rng, (3, 4)), _unit(rng, (2, 4))
+    target = rng.normal(size=(3, 2)).astype(np.float32)
     sim = ScaledCosine()
-    a = L2Normalize()(tf.constant([[1.0, 0.0], [0.0, 2.0]]))
-    b = L2Normalize()(tf.constant([[1.0, 1.0]]))
-    logits = sim(a, b).numpy()
-    assert float(sim.scale.numpy()) == 10.0 and float(sim.bias.numpy()) == -5.0
-    np.testing.assert_allclose(logits, [[10 / np.sqrt(2) - 5], [10 / np.sqrt(2) - 5]], rtol=1e-6)
+    sim.build()
+    assert {id(v) for v in sim.trainable_variables} == {id(sim.scale), id(sim.bias)}
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(sim(a, b) * target)
+    grads = tape.gradient(loss, sim.trainable_variables)
+    keras.optimizers.SGD(0.1).apply(grads, sim.trainable_variables)
+    np.testing.assert_allclose(float(sim.scale.numpy()), 10 - 0.1 * np.sum(a @ b.T * target),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(sim.bias.numpy()), -5 - 0.1 * np.sum(target), rtol=1e-5)
 
 
-def test_scaled_cosine_frozen_passes_no_gradient_to_scale():
+def test_scaled_cosine_config_and_weights_round_trip(tmp_path):
+    sim = ScaledCosine(init_scale=2.5, init_bias=-1.25, name="sim")
+    clone = ScaledCosine.from_config(sim.get_config())
+    assert (clone.init_scale, clone.init_bias, clone.name) == (2.5, -1.25, "sim")
+    rng = np.random.default_rng(2)
+    a, b = _unit(rng, (3, 4)), _unit(rng, (5, 4))
+    in_a, in_b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([in_a, in_b], sim(in_a, in_b))
+    sim.scale.assign(7.0)  # a trained value, not the initial one, must survive saving
+    sim.bias.assign(0.75)
+    path = str(tmp_path / "sim.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("sim"), ScaledCosine)
+    np.testing.assert_allclose(loaded([a, b]).numpy(), 7.0 * a @ b.T + 0.75, rtol=1e-5, atol=1e-6)
+
+
+def test_scaled_cosine_frozen_passes_no_gradient_to_w_and_b():
     sim = ScaledCosine()
     a = tf.constant([[1.0, 0.0]])
     with tf.GradientTape(persistent=True) as tape:
         frozen = tf.reduce_sum(sim(a, a, frozen=True))
         free = tf.reduce_sum(sim(a, a))
-    assert tape.gradient(frozen, sim.scale) is None
-    assert float(tape.gradient(free, sim.scale)) == 1.0
+    assert tape.gradient(frozen, [sim.scale, sim.bias]) == [None, None]
+    assert [float(g) for g in tape.gradient(free, [sim.scale, sim.bias])] == [1.0, 1.0]
 
 
 def test_log_mel_frame_count_is_four_per_video_frame():

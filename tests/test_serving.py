@@ -1,5 +1,5 @@
 """TF Serving readiness without the server binary: a real PredictRequest against the
-SavedModel's SignatureDefs, answered through the loaded signatures."""
+SavedModel's SignatureDefs, answered as the model server does (C++ Session::Run)."""
 
 import numpy as np
 import pytest
@@ -7,16 +7,20 @@ import tensorflow as tf
 from tensorflow.python.tools import saved_model_utils
 from tensorflow_serving.apis import predict_pb2
 
+from av_disentangle import losses
 from av_disentangle.config import LossConfig, ModelConfig
 from av_disentangle.export import export_saved_model
 from av_disentangle.model import DisentangleModel
+from av_disentangle.streams import IDENTITY
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
+def exported(tmp_path_factory):
+    """(model, export_dir) of a tiny model."""
     model = DisentangleModel(ModelConfig.tiny(), LossConfig())
     path = str(tmp_path_factory.mktemp("serving") / "av_disentangle" / "1")
-    return export_saved_model(model.face_stream, model.audio_stream, model.model_config, path)
+    return model, export_saved_model(model.face_stream, model.audio_stream, model.model_config,
+                                     path)
 
 
 def _request(signature_name: str, inputs: dict) -> predict_pb2.PredictRequest:
@@ -39,14 +43,29 @@ def _check_against_signature(request, signature) -> None:
         assert all(e in (-1, g) for e, g in zip(expected, got)), (key, expected, got)
 
 
-def _answer(export_dir, request):
-    """What tensorflow_model_server does with the request, using the same SavedModel."""
-    fn = tf.saved_model.load(export_dir).signatures[request.model_spec.signature_name]
-    outputs = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
-    return {k: v.numpy() for k, v in outputs.items()}
+class _Server:
+    """Answers PredictRequests as tensorflow_model_server does: the request's TensorProtos
+    become tensors as they are (no casting) and are fed to the SavedModel's signature through
+    the C++ Session::Run, which checks nothing on the client's behalf (Python's Session.run and
+    the eager signature call check dtypes and shapes themselves)."""
+
+    def __init__(self, export_dir: str) -> None:
+        self.session = tf.compat.v1.Session(graph=tf.Graph())
+        self.meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], export_dir)
+
+    def predict(self, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+        signature = self.meta.signature_def[request.model_spec.signature_name]
+        graph = self.session.graph
+        feeds = {graph.get_tensor_by_name(signature.inputs[k].name)._as_tf_output():
+                 tf.make_ndarray(v) for k, v in request.inputs.items()}
+        names = list(signature.outputs)
+        fetches = [graph.get_tensor_by_name(signature.outputs[k].name)._as_tf_output()
+                   for k in names]
+        return dict(zip(names, self.session._call_tf_sessionrun(None, feeds, fetches, [], None)))
 
 
-def test_predict_request_matches_serving_default(export_dir):
+def test_predict_request_matches_serving_default(exported):
+    model, export_dir = exported
     meta = saved_model_utils.get_meta_graph_def(export_dir, "serve")
     signature = meta.signature_def["serving_default"]
     wave = (0.1 * np.random.default_rng(0).normal(size=(2, 48000))).astype(np.float32)
@@ -55,19 +74,48 @@ def test_predict_request_matches_serving_default(export_dir):
     assert signature.inputs["waveform"].dtype == tf.float32.as_datatype_enum
     assert signature.inputs["sample_rate"].dtype == tf.int32.as_datatype_enum
     assert list(signature.outputs) == ["embedding"]
-    answer = _answer(export_dir, request)
-    assert answer["embedding"].shape == (2, 16)
-    np.testing.assert_allclose(np.linalg.norm(answer["embedding"], axis=1), 1.0, rtol=1e-5)
+    answer = _Server(export_dir).predict(request)
+    # The served answer is the trained model's speaker embedding: time-mean audio identity.
+    expected = losses.time_pool(model.audio_stream(wave, training=False)[IDENTITY]).numpy()
+    assert answer["embedding"].shape == expected.shape == (2, model.model_config.embedding_dim)
+    np.testing.assert_allclose(answer["embedding"], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_predict_request_for_face_signature_and_wrong_dtype(export_dir):
+def test_predict_request_for_face_signature(exported):
+    model, export_dir = exported
     meta = saved_model_utils.get_meta_graph_def(export_dir, "serve")
     assert {"serving_default", "embed_audio", "embed_face", "content",
             "face_content"} <= set(meta.signature_def)
-    frames = np.zeros((1, 25, 32, 32, 3), np.uint8)
+    size = model.model_config.face_size
+    frames = np.random.default_rng(1).integers(0, 256, (2, 9, size, size, 3), dtype=np.uint8)
     request = _request("embed_face", {"frames": frames})
     _check_against_signature(request, meta.signature_def["embed_face"])
-    assert _answer(export_dir, request)["embedding"].shape == (1, 16)
-    bad = _request("embed_face", {"frames": frames.astype(np.float32)})
-    with pytest.raises(AssertionError):
-        _check_against_signature(bad, meta.signature_def["embed_face"])
+    answer = _Server(export_dir).predict(request)
+    expected = losses.time_pool(model.face_stream(frames, training=False)[IDENTITY]).numpy()
+    np.testing.assert_allclose(answer["embedding"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_served_model_rejects_wrong_dtypes_instead_of_casting(exported):
+    """What a client gets for the usual dtype mistakes, from the served SavedModel itself:
+    float frames (e.g. normalised to [0, 1]), a float64 waveform (numpy's default) and an int64
+    sample_rate (Python ints) are refused with InvalidArgumentError naming the expected dtype,
+    never cast silently into a wrong embedding."""
+    model, export_dir = exported
+    server = _Server(export_dir)
+    size = model.model_config.face_size
+    frames = np.zeros((1, 9, size, size, 3), np.uint8)
+    wave = np.zeros((1, 16000), np.float32)
+    cases = [("embed_face", {"frames": frames.astype(np.float32)}, "uint8 but float"),
+             ("serving_default", {"waveform": wave.astype(np.float64),
+                                  "sample_rate": np.int32(16000)}, "float but double"),
+             ("serving_default", {"waveform": wave, "sample_rate": np.int64(16000)},
+              "int32 but int64")]
+    for signature, inputs, message in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            server.predict(_request(signature, inputs))
+    # The same requests with the right dtypes are answered.
+    assert server.predict(_request("embed_face", {"frames": frames}))["embedding"].shape == (
+        1, model.model_config.embedding_dim)
+    assert server.predict(_request("serving_default", {
+        "waveform": wave, "sample_rate": np.int32(16000)}))["embedding"].shape == (
+        1, model.model_config.embedding_dim)
