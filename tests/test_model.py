@@ -9,12 +9,12 @@ from av_disentangle.config import DISENTANGLE_MODES, LossConfig, ModelConfig
 from av_disentangle.model import ACCURACY_NAMES, LOSS_NAMES, DisentangleModel
 from pipelines.input import InputConfig, make_dataset
 
-WINDOW = 15
+WINDOW = 9  # T' = 3 steps at temporal stride 2: the smallest window with a real content task
 
 
 def _dataset(pattern, batch=4):
     return make_dataset(InputConfig(pattern, batch_tracks=batch, window_frames=WINDOW,
-                                    face_size=32, seed=0))
+                                    face_size=ModelConfig.tiny().face_size, seed=0))
 
 
 def _weights(model):
@@ -27,7 +27,8 @@ def test_one_step_changes_weights_and_keeps_losses_finite(random_shards, mode):
     model = DisentangleModel(ModelConfig.tiny(), LossConfig(disentangle=mode))
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     before = _weights(model)
-    history = model.fit(_dataset(random_shards), epochs=1, steps_per_epoch=1, verbose=0).history
+    history = model.fit(_dataset(random_shards, batch=2), epochs=1, steps_per_epoch=1,
+                        verbose=0).history
     assert set(history) == set(LOSS_NAMES + ACCURACY_NAMES)
     assert all(np.isfinite(v[-1]) for v in history.values())
     unchanged = {v.path for v, b in zip(model.trainable_variables, before)
@@ -41,55 +42,178 @@ def test_one_step_changes_weights_and_keeps_losses_finite(random_shards, mode):
         assert history["confusion_content"][-1] > 0.0
 
 
-def test_adversarial_confusion_does_not_train_auxiliary_heads(random_shards):
-    """Aux heads must be updated by their own CE only: with aux weight 0 they must stay put
-    even though the confusion loss depends on them."""
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig(disentangle="adversarial"))
-    batch = next(iter(_dataset(random_shards)))
-    aux_vars = model.aux_content.trainable_variables + model.aux_identity.trainable_variables
-    with tf.GradientTape(persistent=True) as tape:
-        _, main, aux = model.compute_losses(batch, training=True)
-    main_grads = tape.gradient(main, aux_vars)
-    aux_grads = tape.gradient(aux, aux_vars)
-    stream_grads = tape.gradient(aux, model.audio_stream.trainable_variables)
-    assert any(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in main_grads)
-    assert all(g is not None for g in aux_grads)  # aux CE trains aux heads ...
-    assert all(g is None for g in stream_grads)  # ... and nothing upstream of them
-    # train_step applies main-loss gradients to non-aux variables only:
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
+LR = 0.5  # plain SGD, large enough that every update is far above float32 rounding
+
+
+def _random_batch(tracks: int = 3, seed: int = 0) -> dict[str, tf.Tensor]:
+    """A batch of noise (the routing of gradients does not need real clips)."""
+    rng = np.random.default_rng(seed)
+    size = ModelConfig.tiny().face_size
+    shape = (tracks, WINDOW * 640)
+    return {"frames": tf.constant(rng.integers(0, 256, (tracks, WINDOW, size, size, 3),
+                                               dtype=np.uint8)),
+            "audio": tf.constant(0.1 * rng.normal(size=shape), tf.float32),
+            "audio_2": tf.constant(0.1 * rng.normal(size=shape), tf.float32)}
+
+
+def _routing_model(mode: str, **loss_kwargs) -> DisentangleModel:
+    """Tiny model with deterministic losses (time-mean face identity) and face_conv1 frozen.
+
+    Frozen only for speed: TF's CPU Conv3D backprop of face_conv1 takes ~8 s a step, and it is
+    fed by data, so freezing it changes no other gradient. Keras' `trainable = False` leaves
+    the underlying tf.Variable trainable (GradientTape would still watch it and run the
+    backprop), hence its TF-level flag is cleared too (TF 2.21; if that private flag ever goes,
+    this only gets slower)."""
+    keras.utils.set_random_seed(0)
+    model = DisentangleModel(ModelConfig.tiny(), LossConfig(
+        disentangle=mode, face_identity_pooling="mean", **loss_kwargs))
+    conv1 = model.face_stream.get_layer("face_conv1")
+    conv1.trainable = False
+    for variable in conv1.weights:
+        variable.value._trainable = False
+    return model
+
+
+def _gradients(model, batch, variables, **loss_fns):
+    """{name: d loss_fns[name](terms) / d variables} at the current weights, training mode;
+    `terms` holds the logged values plus `main` and `aux` (see `compute_losses`). Only
+    `variables` are watched, so the backprop stays on their paths."""
+    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+        tape.watch([v.value for v in variables])
+        values, main, aux = model.compute_losses(batch, training=True)
+        terms = {**values, "main": main, "aux": aux}
+        losses = {name: fn(terms) for name, fn in loss_fns.items()}
+    return {name: tape.gradient(loss, variables) for name, loss in losses.items()}
+
+
+def _sgd_step(model, batch, variables):
+    """One real `train_step` with SGD(LR); returns the change of each of `variables`."""
+    model.compile(optimizer=keras.optimizers.SGD(LR))
     model.optimizer.build(model.trainable_variables)
-    before = [v.numpy().copy() for v in aux_vars]
+    before = [v.numpy().copy() for v in variables]
     model.train_step(batch)
-    for b, v in zip(before, aux_vars):
-        np.testing.assert_array_equal(b, v.numpy())
+    return [v.numpy() - b for v, b in zip(variables, before)]
 
 
-def test_grl_reverses_stream_gradient_of_the_auxiliary_task(random_shards):
-    batch = next(iter(_dataset(random_shards)))
-    grl = DisentangleModel(ModelConfig.tiny(), LossConfig(disentangle="grl",
-                                                          content_weight=0, identity_weight=0))
-    with tf.GradientTape() as tape:
-        values, main, _ = grl.compute_losses(batch, training=False)
-        aux_ce = values["confusion_content"] + values["confusion_identity"]
-    # Gradient of the reversed task wrt the last identity-head layer equals minus the
-    # gradient of the same CE computed without reversal (lambda = 1).
+def _assert_update(delta, grad, name):
+    """The step moved the variable by exactly -LR * grad (and grad is not negligible)."""
+    assert grad is not None, f"{name}: no gradient"
+    expected = -LR * np.asarray(grad)
+    scale = float(np.abs(expected).max())
+    assert scale > 1e-5, f"{name}: zero gradient, the check would be vacuous"
+    np.testing.assert_allclose(delta, expected, rtol=1e-3, atol=1e-3 * scale, err_msg=name)
+
+
+def _max_abs(grads) -> float:
+    return max(float(tf.reduce_max(tf.abs(g))) for g in grads if g is not None)
+
+
+def _task_scales(model):
+    return [model.content_similarity.scale, model.identity_similarity.scale]
+
+
+def _task_scale_gradients(cfg):
+    """What may move the tasks' w: a_c * L_content and a_i * L_identity, nothing else."""
+    return {"content": lambda t: cfg.content_weight * t["content_loss"],
+            "identity": lambda t: cfg.identity_weight * t["identity_loss"]}
+
+
+def test_confusion_leaves_the_task_scales_to_their_own_task():
+    """`confusion`: the wrong-factor logits use the tasks' w (scale) frozen, so one real SGD
+    step moves content_similarity.scale by -LR * a_c * dL_content/dw and identity_similarity.scale
+    by -LR * a_i * dL_identity/dw; the confusion terms (which, unfrozen, would shrink w towards
+    the uniform target instead of sharpening the task) contribute nothing, although they do
+    train the streams."""
+    model = _routing_model("confusion", identity_weight=0.7)
+    batch = _random_batch()
+    grads = _gradients(model, batch, _task_scales(model),
+                       **_task_scale_gradients(model.loss_config))
+    streams = _gradients(model, batch, model.audio_stream.trainable_variables,
+                         confusion=lambda t: t["confusion_content"] + t["confusion_identity"])
+    assert _max_abs(streams["confusion"]) > 1e-4
+    delta = _sgd_step(model, batch, _task_scales(model))
+    _assert_update(delta[0], grads["content"][0], "content scale")
+    _assert_update(delta[1], grads["identity"][1], "identity scale")
+
+
+def _aux_variables(model):
+    """Auxiliary-head variables that get a gradient (their similarity bias cancels in the
+    softmax, as the tasks' biases do)."""
+    return [v for v in model.aux_content.trainable_variables
+            + model.aux_identity.trainable_variables
+            if not v.path.endswith("similarity/bias")]
+
+
+def test_adversarial_heads_learn_from_their_cross_entropy_only():
+    """`adversarial`: the auxiliary heads descend their own task CE (aux_loss) on stopped
+    embeddings; the confusion loss, which also depends on them, must not move them, and their
+    CE must not reach the streams. One real SGD step moves every head variable by
+    -LR * d aux_loss / dv, although d main / dv is large; the tasks' scales as in `confusion`."""
+    model = _routing_model("adversarial")
+    batch = _random_batch()
+    heads, scales = _aux_variables(model), _task_scales(model)
+    grads = _gradients(model, batch, heads, aux=lambda t: t["aux"], main=lambda t: t["main"])
+    assert _max_abs(grads["main"]) > 1e-3  # the confusion terms see the heads ...
+    scale_grads = _gradients(model, batch, scales, **_task_scale_gradients(model.loss_config))
+    streams = _gradients(model, batch, model.audio_stream.trainable_variables,
+                         aux=lambda t: t["aux"],
+                         confusion=lambda t: t["confusion_content"] + t["confusion_identity"])
+    assert all(g is None for g in streams["aux"])  # ... the heads' CE stops before the streams
+    assert _max_abs(streams["confusion"]) > 1e-4  # ... and the confusion trains the streams
+    delta = _sgd_step(model, batch, heads + scales)
+    for d, g, v in zip(delta, grads["aux"], heads):
+        _assert_update(d, g, v.path)
+    _assert_update(delta[-2], scale_grads["content"][0], "content scale")
+    _assert_update(delta[-1], scale_grads["identity"][1], "identity scale")
+
+
+def test_grl_heads_descend_the_task_loss_that_the_streams_ascend():
+    """`grl`: the heads sit after the reversal, so one real SGD step moves them by
+    -LR * a_d * d(task CE)/dv, the gradient of the plain task CE (computed here with the
+    reversal layers taken out): they learn the task, while the streams get the reversed
+    gradient (next test); the tasks' scales as in `confusion`."""
+    model = _routing_model("grl")
+    batch = _random_batch()
+    heads, scales = _aux_variables(model), _task_scales(model)
+    cfg = model.loss_config
+    matchers = (model.aux_content, model.aux_identity)
+    reversals = [m.reverse for m in matchers]
+    for matcher in matchers:
+        matcher.reverse = None  # plain CE: what the heads must descend
+    grads = _gradients(model, batch, heads, task=lambda t: cfg.disentangle_weight
+                       * (t["confusion_content"] + t["confusion_identity"]))
+    for matcher, reversal in zip(matchers, reversals):
+        matcher.reverse = reversal
+    scale_grads = _gradients(model, batch, scales, **_task_scale_gradients(cfg))
+    delta = _sgd_step(model, batch, heads + scales)
+    for d, g, v in zip(delta, grads["task"], heads):
+        _assert_update(d, g, v.path)
+    _assert_update(delta[-2], scale_grads["content"][0], "content scale")
+    _assert_update(delta[-1], scale_grads["identity"][1], "identity scale")
+
+
+def test_grl_reverses_and_scales_the_stream_gradient_of_the_auxiliary_task():
+    """The gradient of the grl task CE wrt a stream weight is -lambda times the gradient of
+    the same CE without reversal (lambda = 0.5 here)."""
+    batch = _random_batch()
+    grl = _routing_model("grl", content_weight=0, identity_weight=0, grl_scale=0.5)
     head = grl.audio_stream.get_layer("audio_identity_fc8").kernel
-    reversed_grad = tape.gradient(aux_ce, head)
-    grl.aux_content.reverse.scale = -1.0  # turn reversal off: forward unchanged, grad * +1
+    task = {"ce": lambda t: t["confusion_content"] + t["confusion_identity"]}
+    reversed_grad = _gradients(grl, batch, [head], **task)["ce"][0]
+    grl.aux_content.reverse.scale = -1.0  # reversal off: forward unchanged, grad * +1
     grl.aux_identity.reverse.scale = -1.0
-    with tf.GradientTape() as tape:
-        values, _, _ = grl.compute_losses(batch, training=False)
-        plain = values["confusion_content"] + values["confusion_identity"]
-    plain_grad = tape.gradient(plain, head)
-    np.testing.assert_allclose(float(aux_ce), float(plain), rtol=1e-6)
-    np.testing.assert_allclose(reversed_grad.numpy(), -plain_grad.numpy(), rtol=1e-4, atol=1e-7)
+    plain_grad = _gradients(grl, batch, [head], **task)["ce"][0]
+    assert float(tf.reduce_max(tf.abs(plain_grad))) > 1e-5
+    np.testing.assert_allclose(reversed_grad.numpy(), -0.5 * plain_grad.numpy(), rtol=1e-4,
+                               atol=1e-7)
 
 
 def test_model_output_lengths_match_between_streams():
     config = ModelConfig.tiny()
     model = DisentangleModel(config, LossConfig())
     for frames in (9, 15, 25):
-        batch = {"frames": np.zeros((2, frames, 32, 32, 3), np.uint8),
+        size = config.face_size
+        batch = {"frames": np.zeros((2, frames, size, size, 3), np.uint8),
                  "audio": np.zeros((2, frames * 640), np.float32)}
         out = model(batch)
         assert out["face_content"].shape == out["audio_identity"].shape

@@ -347,3 +347,34 @@ def test_short_supervised_run_lowers_loss():
     after = model.compute_losses(fixed, training=False)[1].numpy()
     print(f"fixed-batch loss before {before:.3f} after {after:.3f}")
     assert np.isfinite(after) and after < 0.8 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_train_py_supervised_objective_end_to_end(tmp_path):
+    """`train.py --objective supervised` trains, records the drawn labels in config.json and
+    exports the usual signatures; a one-speaker folder is one line, exit 2, nothing written."""
+    from conftest import run_script
+
+    data = os.path.join(REPO_ROOT, "data", "samples", "librispeech_subset")
+    run_dir, export_dir = tmp_path / "run", tmp_path / "export" / "1"
+    result = run_script(["train.py", "--objective", "supervised", "--labelled_audio", data,
+                         "--labels_per_speaker", "2", "--model_size", "tiny",
+                         "--batch_tracks", "4", "--epochs", "1", "--steps_per_epoch", "2",
+                         "--model_dir", str(run_dir), "--export_dir", str(export_dir),
+                         "--verbose", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["flags"]["objective"] == "supervised"
+    assert len(config["labels"]["speakers"]) == 5 and len(config["labels"]["utterances"]) == 10
+    assert (export_dir / "saved_model.pb").is_file()
+    loaded = tf.saved_model.load(str(export_dir))
+    assert set(loaded.signatures) >= {"serving_default", "embed_audio", "embed_face"}
+
+    one = tmp_path / "one_speaker"
+    shutil.copytree(os.path.join(data, "1688"), one / "1688")
+    bad = run_script(["train.py", "--objective", "supervised", "--labelled_audio", str(one),
+                      "--model_size", "tiny", "--model_dir", str(tmp_path / "bad_run"),
+                      "--no_export"])
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "train.py: error:" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad_run").exists()

@@ -1,12 +1,13 @@
 """train.py end to end (subprocesses): default data, resume after kill, 2 CPU replicas, errors."""
 
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -42,31 +43,115 @@ def test_default_run_trains_on_bundled_data_and_exports(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(emb), 1.0, rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_resume_training_after_kill(random_shards, tmp_path):
-    model_dir = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--train_data", random_shards, "--model_dir",
-           str(model_dir), "--epochs", "3", "--steps_per_epoch", "40", "--no_export", *TINY]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    metadata = model_dir / "backup" / "training_metadata.json"
-    deadline = time.time() + 300
-    while not metadata.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert metadata.exists(), "no checkpoint was written before the kill"
-    done_epochs = json.loads(metadata.read_text())["epoch"]
-    assert done_epochs < 3, "training finished before it could be interrupted"
+def _scalars(logdir) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(run, tag) -> [(step, value)] of every scalar in the TensorBoard event files."""
+    import tensorflow as tf
 
-    result = run_script(cmd[1:])
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout + result.stderr
-    epochs_run = [int(e) for e in re.findall(r"Epoch (\d+)/3", out)]
-    assert epochs_run[0] == done_epochs + 1  # resumed, not restarted
-    assert f"resuming after epoch {done_epochs}" in out
-    assert "trained to step 120" in out  # the step counter continued from the checkpoint
+    found = {}
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        run = path.parent.relative_to(logdir).as_posix()
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalar = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
+                    else value.simple_value
+                found.setdefault((run, value.tag), []).append((event.step, scalar))
+    return found
+
+
+def _logged_keys(output: str) -> set[str]:
+    line = [ln for ln in output.splitlines() if re.search(r"/step - .* - loss: ", ln)][-1]
+    return set(re.findall(r" - (\w+): [-+\w.]+", line))
+
+
+def _steps(scalars, run, tag) -> list[int]:
+    return [step for step, _ in scalars.get((run, tag), [])]
+
+
+@pytest.mark.slow
+def test_quick_start_tensorboard_resume_kill_complete_and_config_check(random_shards, tmp_path):
+    """One run directory through a user's life: the README quick start (TensorBoard shows every
+    scalar), a resume with another model size (refused before anything is written), a longer
+    run killed inside a backup write, its resume (exact step, step axis continues, a truncated
+    shard skipped), and a rerun of the finished command (no training, no duplicate export)."""
+    run = tmp_path / "run"
+    quick = ["train.py", "--train_data", random_shards, "--model_dir", str(run),
+             "--epochs", "1", "--steps_per_epoch", "5", "--no_export", *TINY]
+    first = run_script(quick)
+    assert first.returncode == 0, first.stderr[-3000:]
+    keys = _logged_keys(first.stdout + first.stderr)
+    assert {"loss", "content_acc", "identity_acc"} <= keys
+    scalars = _scalars(run / "logs")
+    for key in keys | {"learning_rate"}:
+        assert _steps(scalars, "train", f"epoch_{key}") == [5], key
+        assert _steps(scalars, "train", f"batch_{key}") == [5], key
+    lr = scalars[("train", "epoch_learning_rate")][0][1]
+    assert lr == pytest.approx(1e-3, rel=1e-6)
+
+    config_before = (run / "config.json").read_bytes()
+    other = run_script(quick + ["--model_size", "small"])
+    assert other.returncode == 2, other.stderr[-3000:]
+    error = other.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in other.stderr and error.startswith("train.py: error: --model_dir")
+    assert "model.trunk_dim: 16 -> 64" in error and "new --model_dir" in error
+    assert (run / "config.json").read_bytes() == config_before
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, shard in enumerate(sorted(glob.glob(random_shards))):
+        shutil.copy(shard, data / f"shard-{i}.tfrecord")
+    bad = data / "shard-9.tfrecord"
+    bad.write_bytes((data / "shard-0.tfrecord").read_bytes()[:100000])
+    longer = ["train.py", "--train_data", str(data / "*.tfrecord"), "--model_dir", str(run),
+              "--epochs", "3", "--steps_per_epoch", "5", "--checkpoint_every_steps", "1",
+              "--skip_bad_shards", "--export_root", str(tmp_path / "exports"), *TINY]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "AV_DISENTANGLE_FAULT": "backup.weights.half:3"}  # the backup of step 8, midway
+    killed = subprocess.run([sys.executable, *longer], cwd=REPO_ROOT, env=env, text=True,
+                            capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "SIGKILL at backup.weights.half:3" in killed.stderr
+    assert f"skipping bad shard {bad}: truncated" in killed.stderr
+    assert "training on 2 of 3 --train_data shards (1 bad skipped)" in killed.stderr
+
+    resumed = run_script(longer)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout + resumed.stderr
+    assert "resuming at step 7 (epoch 2, step 2 of 5)" in out
+    assert "finishing epoch 2: steps 8..10" in out and "Epoch 3/3" in out
+    assert "trained to step 15" in out
+    scalars = _scalars(run / "logs")
+    for key in keys | {"learning_rate"}:  # the step axis continues, nothing drawn twice
+        assert _steps(scalars, "train", f"epoch_{key}") == [5, 10, 15], key
+        assert _steps(scalars, "train", f"batch_{key}") == [5, 10, 15], key
+    exports = tmp_path / "exports" / "av_disentangle"
+    assert (exports / "1" / "saved_model.pb").is_file()
+
+    again = run_script(longer)
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    assert "is complete: step 15 of 15" in out and "Epoch " not in out
+    assert "not exporting a duplicate" in out
+    assert sorted(os.listdir(exports)) == ["1"]
+
+
+def test_resume_config_check_names_model_and_loss_keys_only():
+    sys.path.insert(0, REPO_ROOT)
+    import train
+
+    stored = {"model": {"face_size": 64, "trunk_dim": 64}, "loss": {"disentangle": "grl"},
+              "train": {"optimizer": "sgd", "epochs": 3, "learning_rate": 0.1,
+                        "batch_tracks": 8, "window_frames": 25},
+              "flags": {"mixed_precision": "none", "verbose": 2}}
+    same_model = {"model": {"face_size": 64, "trunk_dim": 64}, "loss": {"disentangle": "grl"},
+                  "train": {"optimizer": "sgd", "epochs": 9, "learning_rate": 0.01,
+                            "batch_tracks": 8, "window_frames": 25},
+                  "flags": {"mixed_precision": "none", "verbose": 0}}
+    assert train.config_differences(stored, same_model) == []
+    other = {**same_model, "model": {"face_size": 32, "trunk_dim": 64},
+             "loss": {"disentangle": "none"}, "flags": {"mixed_precision": "float16"}}
+    assert train.config_differences(stored, other) == [
+        "model.face_size: 64 -> 32", 'loss.disentangle: "grl" -> "none"',
+        'flags.mixed_precision: "none" -> "float16"']
 
 
 @pytest.mark.slow
@@ -96,6 +181,74 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     config.write_text(json.dumps({"epochs": 1, "no_such_flag": 3}))
     bad_config = run_script(["train.py", "--config", str(config)])
     assert bad_config.returncode == 2 and "unknown keys ['no_such_flag']" in bad_config.stderr
+
+
+def test_config_file_values_are_checked_as_flags(tmp_path, capsys):
+    sys.path.insert(0, REPO_ROOT)
+    import train
+
+    config = tmp_path / "config.json"
+    for values, message in [
+            ({"epochs": "ten"}, "argument --epochs: invalid int value: 'ten'"),
+            ({"epochs": 2.5}, "argument --epochs: invalid int value: '2.5'"),
+            ({"disentangle": "fancy"}, "argument --disentangle: invalid choice: 'fancy'"),
+            ({"verbose": 7}, "argument --verbose: invalid choice: 7"),
+            ({"no_export": "yes"}, "no_export must be true or false"),
+            ({"epochs": [1]}, "epochs must be a single int value")]:
+        config.write_text(json.dumps(values))
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_flags(["--config", str(config)])
+        assert exit_info.value.code == 2, values
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"error: --config {config}: {message}" in error, error
+    config.write_text(json.dumps({"epochs": 3, "learning_rate": "0.5", "no_export": True}))
+    args = train.parse_flags(["--config", str(config)])
+    assert (args.epochs, args.learning_rate, args.no_export) == (3, 0.5, True)
+
+
+def test_unusable_model_dir_and_bad_shards_are_one_line_errors(random_shards, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    data = tmp_path / "data"
+    data.mkdir()
+    good = sorted(glob.glob(random_shards))[0]
+    shutil.copy(good, data / "shard-00000-of-00002.tfrecord")
+    # a shard cut short by an interrupted copy, with the sidecar `prepare` wrote for it
+    truncated = data / "shard-00001-of-00002.tfrecord"
+    truncated.write_bytes(open(good, "rb").read()[:250000])
+    (data / "shard-00001-of-00002.json").write_text(json.dumps({"num_tracks": 6}))
+    common = ["--train_data", str(data / "*.tfrecord"), *TINY]
+    for model_dir, message in [(blocker / "run", f"cannot create --model_dir {blocker / 'run'}"),
+                               (tmp_path / "run", f"--train_data shard {truncated} is truncated")]:
+        result = run_script(["train.py", "--model_dir", str(model_dir), *common])
+        assert result.returncode == 2, result.stderr[-3000:]
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"train.py: error: {message}"), result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing written before the checks
+
+
+def test_shard_check_finds_truncation_corruption_and_count_mismatch(random_shards, tmp_path):
+    from av_disentangle.shard_check import check_shard
+
+    good = sorted(glob.glob(random_shards))[0]
+    data = open(good, "rb").read()
+    assert check_shard(good) is None and check_shard(good, full=True) is None
+    cut = tmp_path / "cut.tfrecord"
+    cut.write_bytes(data[:len(data) // 2])
+    assert check_shard(str(cut)).startswith("truncated: record")
+    header = tmp_path / "header.tfrecord"
+    header.write_bytes(data[:3] + b"\x7f" + data[4:])
+    assert "fails its checksum" in check_shard(str(header))
+    body = tmp_path / "body.tfrecord"
+    body.write_bytes(data[:5000] + b"x" * 16 + data[5016:])
+    assert check_shard(str(body)) is None  # headers intact: only the full check reads data
+    assert check_shard(str(body), full=True).startswith("corrupt: a record fails its data")
+    copy = tmp_path / "shard-00000-of-00001.tfrecord"
+    copy.write_bytes(data)
+    (tmp_path / "shard-00000-of-00001.json").write_text(json.dumps({"num_tracks": 7}))
+    assert check_shard(str(copy)) == ("holds 6 records but its sidecar shard-00000-of-00001.json "
+                                      "says 7 (truncated or replaced after `prepare` wrote it)")
 
 
 def test_config_file_values_are_defaults_and_flags_override(tmp_path):
