@@ -1,19 +1,36 @@
 """The tf.data training input: sharded TFRecords -> batches of synchronised face/audio windows.
 
-Each element of the output is a batch of `batch_tracks` DISTINCT tracks:
-  frames  (B, T, S, S, 3) uint8  window 1 face crops, T = window_frames, S = face_size
-  audio   (B, T * 640) float32   window 1 audio, exactly synchronised with `frames`
-  audio_2 (B, T * 640) float32   a different window of the same track (identity term)
-The second window does not overlap the first when the track has >= 2T frames; otherwise it is
-a different start. Windows are drawn with stateless RNG seeded by (seed, element index), so a
-seeded pipeline is deterministic regardless of parallelism.
+Each element of the output is a batch of `batch_tracks` DISTINCT tracks, no two of them from
+the same video (every other track of the batch is a negative of the identity task, so it
+should be another person; DESIGN.md "Negatives"):
+  frames   (B, T, S, S, 3) uint8  window 1 face crops, T = window_frames, S = face_size
+  audio    (B, T * 640) float32   window 1 audio, exactly synchronised with `frames`
+  audio_2  (B, T * 640) float32   a different window of the same track (identity term)
+  track_id (B,) string, video_id (B,) string   only with `include_ids` (measurement; the
+           model ignores them)
+The second window never overlaps the first when the track has F >= 2T frames (the voice for
+the identity term comes from another time, DESIGN.md "Windows"); for T <= F < 2T it is a
+different start. Both windows are spread evenly over the starts that allow this
+(`window_starts`). Windows are drawn with stateless RNG seeded by (seed, element index), so
+a seeded pipeline is deterministic regardless of parallelism.
+
+Input statistics (who is in a batch, against a uniformly random batch of the same dataset):
+    python -m pipelines.input --stats "data/prepared/vox2/shard-*.tfrecord" --batch_tracks 30
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import dataclasses
+import json
 import logging
+import math
+import os
+import sys
+from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from pipelines import records
@@ -33,6 +50,20 @@ class InputConfig:
       shuffle_buffer: tracks held in the shuffle buffer.
       seed: makes shuffling and window choice deterministic; None for fresh randomness.
       repeat: repeat forever (training) or one pass (evaluation).
+      interleave_shards: shards read at once, round-robin (the interleave cycle length:
+        min(number of shards, this)). Memory: about 3 records in flight per open shard
+        (measured, TF 2.21: 256 shards of 1 MB records +0.8 GB resident, 16 shards +0.17 GB;
+        a VoxCeleb2 track of ~8 s at 112x112 is roughly 1 MB of JPEG + 0.25 MB of audio),
+        against ~2.5 GB for a full shuffle buffer of 2048 such tracks. With shards of
+        randomly ordered tracks (`pipelines.prepare`) 16 would do; more protects datasets
+        sharded by identity (benchmarks/negatives.py).
+      distinct_videos: never two tracks of one `video_id` in a batch (see `record_batches`).
+      video_group_batches: k, batches filled together from k * B shuffled records to keep
+        their videos distinct (a video with more than k tracks in one group loses the extra
+        ones for this pass).
+      include_ids: add `track_id` and `video_id` (B,) string tensors to each batch.
+        Off for training: string tensors need not go to an accelerator, and older TF
+        versions failed to copy them to GPUs under MirroredStrategy (tensorflow#35356).
     """
 
     file_pattern: str
@@ -42,6 +73,21 @@ class InputConfig:
     shuffle_buffer: int = 2048
     seed: int | None = 0
     repeat: bool = True
+    interleave_shards: int = 256
+    distinct_videos: bool = True
+    video_group_batches: int = 4
+    include_ids: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tracks", "window_frames", "face_size", "shuffle_buffer",
+                     "interleave_shards", "video_group_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"InputConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+# Metadata read without decoding a track (batch assembly and statistics).
+META_SPEC = {k: records.FEATURE_SPEC[k] for k in ("num_frames", "track_id", "video_id")}
+META_SPEC["identity"] = tf.io.FixedLenFeature([], tf.string, default_value="")
 
 
 def list_shards(file_pattern: str) -> list[str]:
@@ -67,29 +113,43 @@ def _uniform_int(seed: tf.Tensor | None, maxval: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([], seed, 0, maxval, dtype=tf.int64)
 
 
-def window_starts(num_frames: tf.Tensor, window: int, seed_1, seed_2) -> tuple[tf.Tensor, tf.Tensor]:
-    """Start frames of window 1 and window 2 in a track of `num_frames` >= `window` frames.
+def window_starts(num_frames: tf.Tensor, window: int, seed_1,
+                  seed_2) -> tuple[tf.Tensor, tf.Tensor]:
+    """Start frames of window 1 and window 2 in a track of F = `num_frames` >= T = `window`.
 
-    Window 2 avoids overlapping window 1 when possible, else it just starts elsewhere
-    (or at the same place for a track of exactly `window` frames).
+    The two starts are drawn jointly: s1 uniform over the usable starts, then
+    s2 = the start `d` usable starts further on, cyclically, with d uniform over the shifts
+    that cannot overlap. A cyclic shift is a bijection, so s2 is uniform over the usable
+    starts too, and both windows cover the track evenly.
+      F >= 3T - 1: every start is usable; d in [T, N - T] (N = F - T + 1 starts), so the
+                   windows are >= T frames apart on either side of the wrap: never overlap.
+      2T <= F < 3T - 1: only starts with room for a non-overlapping partner are usable
+                   ([0, N-T-1] and [T, N-1], m = N - T each; the middle ones have none);
+                   d = m pairs start i with start i + T: the windows touch, never overlap.
+      T <= F < 2T: overlap is unavoidable; d in [1, N - 1] gives a different start
+                   (the same start when F = T).
+    Deterministic for given stateless seeds (2,) int64; None draws fresh randomness.
+
+    Returns:
+      (start_1, start_2), int64 scalars in [0, F - T].
     """
     num_frames = tf.cast(num_frames, tf.int64)
-    num_starts = num_frames - window + 1  # >= 1
-    start_1 = _uniform_int(seed_1, num_starts)
-    left = tf.maximum(start_1 - window + 1, 0)  # starts in [0, start_1 - window]
-    right = tf.maximum(num_starts - (start_1 + window), 0)  # starts in [start_1 + window, end]
-    far = left + right
+    num_starts = num_frames - window + 1  # N >= 1
+    apart = num_starts >= window + 1  # F >= 2T: the windows can be disjoint
+    room = num_starts - window  # m: usable starts on each side when N < 2T
+    # usable starts, listed as indices 0..num_usable-1; index i >= m maps to start i + gap
+    num_usable = tf.where(apart, tf.minimum(num_starts, 2 * room), num_starts)
+    gap = tf.where(apart, tf.maximum(2 * window - num_starts, 0), 0)
+    min_shift = tf.where(apart, tf.minimum(tf.constant(window, tf.int64), room), 1)
+    max_shift = tf.where(apart, room, num_starts - 1)
+    index_1 = _uniform_int(seed_1, num_usable)
+    shift = min_shift + _uniform_int(seed_2, tf.maximum(max_shift - min_shift + 1, 1))
+    index_2 = (index_1 + shift) % num_usable
 
-    def non_overlapping():
-        r = _uniform_int(seed_2, far)
-        return tf.where(r < left, r, start_1 + window + (r - left))
+    def start(index):
+        return tf.where(apart & (index >= room), index + gap, index)
 
-    def different():
-        r = _uniform_int(seed_2, tf.maximum(num_starts - 1, 1))
-        return tf.where(num_starts > 1, (start_1 + 1 + r) % num_starts, start_1)
-
-    start_2 = tf.cond(far > 0, non_overlapping, different)
-    return start_1, start_2
+    return start(index_1), start(index_2)
 
 
 def _decode_window(jpegs: tf.Tensor, start: tf.Tensor, window: int, size: int) -> tf.Tensor:
@@ -117,37 +177,112 @@ def make_example_fn(config: InputConfig):
         spf = records.SAMPLES_PER_FRAME
         audio_1 = tf.ensure_shape(audio[start_1 * spf:start_1 * spf + samples], [samples])
         audio_2 = tf.ensure_shape(audio[start_2 * spf:start_2 * spf + samples], [samples])
-        return {"frames": _decode_window(ex["frames"], start_1, window, config.face_size),
-                "audio": audio_1, "audio_2": audio_2}
+        out = {"frames": _decode_window(ex["frames"], start_1, window, config.face_size),
+               "audio": audio_1, "audio_2": audio_2}
+        if config.include_ids:
+            out["track_id"] = ex["track_id"]
+            out["video_id"] = ex["video_id"]
+        return out
 
     return fn
 
 
-def _long_enough(window: int):
-    def keep(serialized):
-        num_frames = tf.io.parse_single_example(
-            serialized, {"num_frames": records.FEATURE_SPEC["num_frames"]})["num_frames"]
-        return num_frames >= window
-    return keep
+def _with_video_key(window: int):
+    """serialized -> (serialized, key, long_enough): key = int64 hash of the video id
+    (the track id when the video id is empty), so equal videos have equal keys."""
+    def fn(serialized):
+        meta = tf.io.parse_single_example(serialized, META_SPEC)
+        video = tf.where(meta["video_id"] != "", meta["video_id"], meta["track_id"])
+        key = tf.strings.to_hash_bucket_fast(video, 2 ** 62)  # >= 0; -1 marks a free slot
+        return serialized, key, meta["num_frames"] >= window
+    return fn
 
 
-def make_dataset(config: InputConfig) -> tf.data.Dataset:
-    """The training input: interleaved shards -> shuffle -> distinct-track batches of windows.
+def deal_into_batches(items: tf.Tensor, keys: tf.Tensor, batch: int,
+                      num_batches: int) -> tf.Tensor:
+    """Deals items into `num_batches` batches so that no batch holds a key twice.
 
-    Batching happens on the serialized records BEFORE repeat, so no batch holds a track
-    twice; the records are then unbatched, windowed in parallel and re-batched in the same
-    groups. Batches are `drop_remainder` so every replica gets a full slice.
+    Items whose key occurs more than once among `items` are placed first (most frequent key
+    first, else in order), each into the first batch that has room and does not hold its key;
+    then the items of unique keys fill the remaining places. So every batch is filled
+    whenever no key occurs more than `num_batches` times. Only full batches are returned:
+    an item that fits nowhere, and the items of a batch it leaves incomplete, are dropped.
+
+    Args:
+      items: (n,) any dtype, n <= batch * num_batches.
+      keys: (n,) int64 >= 0.
+    Returns:
+      (num_full, batch) items.
+    """
+    n = tf.shape(items)[0]
+    copies = tf.reduce_sum(tf.cast(tf.equal(keys[:, None], keys[None, :]), tf.int32), axis=1)
+    order = tf.argsort(-copies, stable=True)
+    counts = tf.zeros([num_batches], tf.int32)
+    held = tf.fill([num_batches, batch], tf.constant(-1, tf.int64))
+    slots = tf.zeros([num_batches, batch], tf.int32)
+
+    def body(j, counts, held, slots):
+        i = order[j]
+        key = keys[i]
+        fits = (counts < batch) & ~tf.reduce_any(tf.equal(held, key), axis=1)
+        place = tf.reduce_any(fits)
+        b = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+        where = tf.reshape(tf.stack([b, tf.minimum(counts[b], batch - 1)]), [1, 2])
+        held = tf.where(place, tf.tensor_scatter_nd_update(held, where, [key]), held)
+        slots = tf.where(place, tf.tensor_scatter_nd_update(slots, where, [i]), slots)
+        counts += tf.where(place, tf.one_hot(b, num_batches, dtype=tf.int32), 0)
+        return j + 1, counts, held, slots
+
+    _, counts, _, slots = tf.while_loop(lambda j, *_: j < n, body, [0, counts, held, slots])
+    return tf.gather(items, tf.boolean_mask(slots, counts == batch))
+
+
+def record_batches(config: InputConfig) -> tf.data.Dataset:
+    """One pass of batch assembly: elements are (B,) serialized records, B = batch_tracks.
+
+    Shards (order shuffled each pass) are read round-robin, `interleave_shards` at a time;
+    tracks shorter than the window are skipped; records are shuffled in a
+    `shuffle_buffer`; batches are made here, before any repeat, so no batch holds a track
+    twice. With `distinct_videos`, each group of k * B shuffled records
+    (k = video_group_batches) is dealt into k batches with no video twice in a batch
+    (`deal_into_batches`). Dropped per pass: the last incomplete batch, as with
+    drop_remainder, plus, in a group where one video has more than k tracks, its extra tracks
+    and the batch they leave incomplete. On a well-mixed stream that does not happen
+    (VoxCeleb2: ~7.5 tracks per video in 1.09 M, about 0.003 same-video pairs in a uniformly
+    random batch of 30; benchmarks/negatives.py measures what a pass uses), and the shuffle
+    differs every pass, so no track is left out for good. Deterministic for a given seed.
     """
     files = list_shards(config.file_pattern)
-    log.info("input: %d shard(s) from %s", len(files), config.file_pattern)
+    cycle = min(len(files), config.interleave_shards)
+    log.info("input: %d shard(s) from %s, %d read at a time", len(files), config.file_pattern,
+             cycle)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if config.repeat or config.seed is not None:
         ds = ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle,
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.filter(_long_enough(config.window_frames))
+    ds = ds.map(_with_video_key(config.window_frames), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.filter(lambda serialized, key, keep: keep)
+    ds = ds.map(lambda serialized, key, keep: (serialized, key))
     ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_tracks, drop_remainder=True)
+    batch = config.batch_tracks
+    if not config.distinct_videos:
+        return ds.map(lambda serialized, key: serialized).batch(batch, drop_remainder=True)
+    k = config.video_group_batches
+    ds = ds.batch(k * batch)
+    ds = ds.map(lambda serialized, key: deal_into_batches(serialized, key, batch, k))
+    return ds.unbatch()  # (num_full, B) -> B-record batches
+
+
+def make_dataset(config: InputConfig) -> tf.data.Dataset:
+    """The training input: batches of distinct tracks of distinct videos -> windows.
+
+    Batches of serialized records come from `record_batches` (one pass, repeated when
+    `repeat`); the records are then unbatched, windowed in parallel and re-batched in the
+    same groups. Every batch is full, so every replica gets a full slice.
+    """
+    ds = record_batches(config)
     if config.repeat:
         ds = ds.repeat()
     ds = ds.unbatch().enumerate()
@@ -155,3 +290,179 @@ def make_dataset(config: InputConfig) -> tf.data.Dataset:
                 deterministic=True)
     ds = ds.batch(config.batch_tracks, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# === Input statistics ===
+
+def _pairs(n: int) -> int:
+    return n * (n - 1) // 2
+
+
+def uniform_batch_expectation(group_sizes: Sequence[int], batch: int) -> dict[str, float]:
+    """What a uniformly random batch of `batch` distinct tracks looks like.
+
+    Args:
+      group_sizes: tracks per group (identity or video) over the whole dataset, N in total.
+      batch: B.
+    Returns:
+      `same_group_pairs`: expected pairs of one group in a batch,
+        C(B, 2) * sum_g C(n_g, 2) / C(N, 2);
+      `distinct_groups`: expected groups in a batch, sum_g 1 - C(N - n_g, B) / C(N, B).
+    """
+    total = sum(group_sizes)
+    if total < batch or total < 2:
+        return {"same_group_pairs": float("nan"), "distinct_groups": float("nan")}
+    pairs = _pairs(batch) * sum(_pairs(n) for n in group_sizes) / _pairs(total)
+
+    def log_choose(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    absent = [math.exp(log_choose(total - n, batch) - log_choose(total, batch))
+              if total - n >= batch else 0.0 for n in group_sizes]
+    return {"same_group_pairs": pairs, "distinct_groups": sum(1.0 - a for a in absent)}
+
+
+def dataset_metadata(files: Sequence[str], window_frames: int) -> list[dict[str, str]]:
+    """track_id / video_id / identity of every track of `files` at least `window_frames` long.
+
+    Taken from the `manifest.json` beside the shards when it lists all of them (written by
+    `pipelines.prepare` and `pipelines.synthetic`), else read from the records (every shard
+    is read once: slow on a large dataset).
+    """
+    by_dir = collections.defaultdict(set)
+    for f in files:
+        by_dir[os.path.dirname(f)].add(os.path.basename(f))
+    tracks: list[dict[str, str]] = []
+    for folder, names in sorted(by_dir.items()):
+        path = os.path.join(folder, "manifest.json")
+        manifest = None
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as fh:
+                manifest = json.load(fh)
+            listed = {s if isinstance(s, str) else s["file"] for s in manifest.get("shards", [])}
+            if not names <= listed:
+                manifest = None
+        if manifest is None:
+            log.warning("%s: no manifest listing all shards; reading every record", folder)
+            ds = tf.data.TFRecordDataset(sorted(os.path.join(folder, n) for n in names))
+            for ex in ds.map(lambda x: tf.io.parse_single_example(x, META_SPEC)):
+                if int(ex["num_frames"]) >= window_frames:
+                    tracks.append({k: ex[k].numpy().decode() for k in
+                                   ("track_id", "video_id", "identity")})
+            continue
+        for t in manifest["tracks"]:
+            if t["shard"] in names and t["num_frames"] >= window_frames:
+                tracks.append({"track_id": t["track_id"],
+                               "video_id": t.get("video_id") or t["track_id"],
+                               "identity": t.get("identity", "")})
+    for t in tracks:
+        t["video_id"] = t["video_id"] or t["track_id"]
+    return tracks
+
+
+def batch_metadata(config: InputConfig, num_batches: int) -> list[list[dict[str, str]]]:
+    """The first `num_batches` batches of the training input, as track metadata.
+
+    The same batches as `make_dataset(config)` (same seed, same records per batch), read
+    without decoding any window.
+    """
+    ds = record_batches(config)
+    if config.repeat:
+        ds = ds.repeat()
+    ds = ds.take(num_batches).map(lambda batch: tf.io.parse_example(batch, META_SPEC))
+    out = []
+    for batch in ds:
+        names = ("track_id", "video_id", "identity")
+        columns = {k: [v.decode() for v in batch[k].numpy()] for k in names}
+        out.append([{k: columns[k][b] or (columns["track_id"][b] if k == "video_id" else "")
+                     for k in names} for b in range(len(columns["track_id"]))])
+    return out
+
+
+def input_statistics(config: InputConfig, num_batches: int = 100) -> dict[str, float]:
+    """Per-batch averages of who is in a batch, beside a uniformly random batch.
+
+    Returns a dict: `batches`, `batch_tracks`, `tracks`, `videos`, `identities` (dataset;
+    identities 0 when the metadata has none), and for `video` and `identity`:
+    `distinct_{g}s` / `same_{g}_pairs` measured per batch and `uniform_...` expected.
+    """
+    tracks = dataset_metadata(list_shards(config.file_pattern), config.window_frames)
+    batches = batch_metadata(config, num_batches)
+    if not batches:
+        raise ValueError(f"{config.file_pattern}: no full batch of {config.batch_tracks} "
+                         f"tracks of >= {config.window_frames} frames")
+    stats: dict[str, float] = {"batches": len(batches), "batch_tracks": config.batch_tracks,
+                               "tracks": len(tracks)}
+    for group, plural, key in (("video", "videos", "video_id"),
+                               ("identity", "identities", "identity")):
+        known = all(t[key] for t in tracks) and all(t[key] for b in batches for t in b)
+        sizes = collections.Counter(t[key] for t in tracks)
+        stats[plural] = len(sizes) if known else 0
+        if not known:
+            continue
+        per_batch = [collections.Counter(t[key] for t in b) for b in batches]
+        uniform = uniform_batch_expectation(list(sizes.values()), config.batch_tracks)
+        stats[f"distinct_{plural}"] = float(np.mean([len(c) for c in per_batch]))
+        stats[f"uniform_distinct_{plural}"] = uniform["distinct_groups"]
+        stats[f"same_{group}_pairs"] = float(np.mean(
+            [sum(_pairs(n) for n in c.values()) for c in per_batch]))
+        stats[f"uniform_same_{group}_pairs"] = uniform["same_group_pairs"]
+    return stats
+
+
+def format_statistics(stats: dict[str, float]) -> str:
+    """A small table of `input_statistics`."""
+    lines = [f"{stats['tracks']} tracks, {stats['videos']} videos, "
+             f"{stats['identities'] or 'no'} identities; {stats['batches']} batches of "
+             f"{stats['batch_tracks']} tracks",
+             f"{'per batch':28s} {'this input':>12s} {'uniform random':>15s}"]
+    for name, label in (("distinct_videos", "distinct videos"),
+                        ("distinct_identities", "distinct identities"),
+                        ("same_identity_pairs", "same-identity pairs"),
+                        ("same_video_pairs", "same-video pairs")):
+        if name in stats:
+            lines.append(f"{label:28s} {stats[name]:12.3f} {stats['uniform_' + name]:15.3f}")
+    return "\n".join(lines)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.input",
+                                description="Input statistics: who is in a training batch.")
+    p.add_argument("--stats", required=True, metavar="GLOB",
+                   help="TFRecord glob(s), comma-separated")
+    p.add_argument("--batches", type=int, default=100, help="batches to measure")
+    p.add_argument("--json", help="also write the statistics to this JSON file")
+    skip = {"file_pattern", "face_size", "repeat", "include_ids"}
+    for f in dataclasses.fields(InputConfig):
+        if f.name in skip:
+            continue
+        if isinstance(f.default, bool):
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
+                           default=f.default)
+        else:
+            p.add_argument(f"--{f.name}", type=int, default=f.default)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    fields = {f.name for f in dataclasses.fields(InputConfig)}
+    try:
+        config = InputConfig(args.stats, **{k: v for k, v in vars(args).items()
+                                            if k in fields and k != "file_pattern"})
+        stats = input_statistics(config, args.batches)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_statistics(stats))
+    if args.json:
+        tmp = f"{args.json}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(stats, fh, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,10 +14,15 @@ Sources:
              is detected and tracked with OpenCV's Haar cascade and cropped (`faces.py`),
              unless `--no_detect` (clips that are crops already). Identity = parent folder.
 
-Sharding and resumption: the input files are sorted by track id and split into fixed chunks
-of `--tracks_per_shard` files; chunk s becomes `shard-{s:05d}-of-{S:05d}.tfrecord` (a shard
-can hold fewer tracks when files are skipped). `--num_shards J --shard_index I` makes this run
-do only the chunks with `s % J == I`, so J cluster jobs can write into the same folder.
+Sharding and resumption: the input files are sorted by track id, put in a seeded random order
+(`--shard_seed`, recorded in the manifest) and split into fixed chunks of `--tracks_per_shard`
+files; chunk s becomes `shard-{s:05d}-of-{S:05d}.tfrecord` (a shard can hold fewer tracks when
+files are skipped). The random order makes every shard a random sample of all identities and
+videos: shards of id-sorted tracks (one person each) would fill training batches with
+several tracks of one person, false negatives of the identity task (DESIGN.md "Negatives").
+The plan depends only on the input list and the seed, so reruns find the same shards.
+`--num_shards J --shard_index I` makes this run do only the chunks with `s % J == I`, so J
+cluster jobs can write into the same folder.
 A shard is written to a hidden temp name and renamed when complete, then its sidecar
 `shard-...json` (tracks, skipped files, warnings, fingerprint of inputs + settings) is
 written the same way. A shard counts as finished when both exist and the fingerprint matches;
@@ -26,7 +31,11 @@ from all sidecars present (so concurrent jobs never lose each other's results; t
 to finish, or `--merge_only`, leaves the complete view).
 
 Workers (`--workers`) decode, track and crop in `spawn` processes that never import
-TensorFlow; only the main process imports it, to serialise and write the shards.
+TensorFlow; only the main process imports it, to serialise and write the shards. A worker
+exits by itself when the main process dies (even by kill -9).
+
+Exit status: 0 when done; 1 when the output folder holds no track at all (every input was
+skipped: the reasons are in report.txt); 2 for bad arguments or a missing input folder.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import multiprocessing
 import os
 import pathlib
 import sys
+import threading
 import time
 from typing import Iterator, Sequence
 
@@ -69,6 +79,9 @@ class PrepareConfig:
       face_size: side of the stored face crops.
       min_frames: clips shorter than this (after reconciliation) are skipped.
       tracks_per_shard: input files per shard.
+      shard_seed: seed of the random order in which tracks are dealt into shards
+        (`plan_shards`); None keeps the id-sorted order (one person per shard: a defect,
+        only for comparisons).
       max_side: frames are downscaled while decoding so the longer side is at most this
         (face detection sources only; crops are never larger than the source anyway).
       jpeg_quality: JPEG quality of the stored frames.
@@ -79,6 +92,7 @@ class PrepareConfig:
     face_size: int = 112
     min_frames: int = 50
     tracks_per_shard: int = 64
+    shard_seed: int | None = 0
     max_side: int = 720
     jpeg_quality: int = 90
     max_av_mismatch_frames: float = media.DEFAULT_MAX_AV_MISMATCH_FRAMES
@@ -214,11 +228,23 @@ def list_videos(input_dir: str | os.PathLike, detect: bool = True,
 
 # === Worker (no TensorFlow here) ===
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
     logging.basicConfig(level=logging.WARNING)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True,
+                     name="parent-watch").start()
+
+
+def _exit_when_orphaned(parent_pid: int, interval_s: float = 0.5) -> None:
+    """Ends this worker when the parent dies (e.g. kill -9). An idle worker waits on the
+    task queue's pipe, whose write end every worker holds too, so the parent's death never
+    wakes it: without this it would live on, re-parented, forever."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(interval_s)
 
 
 def process_clip(spec: ClipSpec, config: PrepareConfig, threads: int = 0) -> ClipResult:
@@ -266,7 +292,8 @@ def _results_in_order(specs: Sequence[ClipSpec], config: PrepareConfig,
         return
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
-                                                initializer=_init_worker) as pool:
+                                                initializer=_init_worker,
+                                                initargs=(os.getpid(),)) as pool:
         pending: collections.deque = collections.deque()
         it = iter(specs)
         for spec in it:
@@ -308,13 +335,21 @@ def _fingerprint(specs: Sequence[ClipSpec], config: PrepareConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _write_json_atomic(path: pathlib.Path, obj: object) -> None:
+def _write_text_atomic(path: pathlib.Path, write) -> None:
+    """Calls write(file) on a hidden temp file, then renames it to `path` (never partial)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json_atomic(path: pathlib.Path, obj: object) -> None:
+    _write_text_atomic(path, lambda f: json.dump(obj, f, indent=1))
 
 
 def _read_json(path: pathlib.Path) -> dict | None:
@@ -374,7 +409,8 @@ def _write_shard(output_dir: pathlib.Path, index: int, total: int, results: list
         if tmp.exists():
             tmp.unlink()
     sidecar = {"shard": final.name, "index": index, "num_shards": total,
-               "fingerprint": fingerprint, "num_tracks": len(tracks), "tracks": tracks,
+               "fingerprint": fingerprint, "shard_seed": config.shard_seed,
+               "num_tracks": len(tracks), "tracks": tracks,
                "skipped": skipped, "warnings": warnings,
                "inputs": [r.spec.path for r in results], "finished_at": time.time()}
     _write_json_atomic(_sidecar_path(output_dir, index, total), sidecar)
@@ -408,9 +444,12 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
     valid.sort(key=lambda sc: sc["index"])
     done = {sc["index"] for sc in valid}
     missing = [shard_name(i, total) for i in range(total or 0) if i not in done]
+    seeds = sorted({sc.get("shard_seed") for sc in valid}, key=str)
     manifest = {
         "format_version": FORMAT_VERSION,
         "num_shards": total or 0,
+        # the order tracks were dealt into shards: seeded random (`plan_shards`)
+        "shard_seed": seeds[0] if len(seeds) == 1 else seeds,
         "complete": not missing,
         "missing_shards": missing,
         "num_tracks": sum(sc["num_tracks"] for sc in valid),
@@ -421,6 +460,7 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
     warnings = [w for sc in valid for w in sc["warnings"]]
     reasons = collections.Counter(s["reason"] for s in skipped)
     report = {"complete": not missing, "num_shards": total or 0, "shards_done": len(valid),
+              "shard_seed": manifest["shard_seed"],
               "missing_shards": missing, "num_tracks": manifest["num_tracks"],
               "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
               "num_warnings": len(warnings), "skipped": skipped, "warnings": warnings}
@@ -429,7 +469,9 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
     lines = [f"Preparation report for {out}",
              f"shards: {len(valid)} of {total or 0} done" + ("" if not missing else
                                                             f" ({len(missing)} missing)"),
-             f"tracks written: {manifest['num_tracks']}",
+             f"tracks written: {manifest['num_tracks']} (shard order: "
+             + ("id-sorted" if manifest["shard_seed"] is None
+                else f"random, shard_seed {manifest['shard_seed']}") + ")",
              f"files skipped: {len(skipped)}"
              + "".join(f"\n  {k}: {v}" for k, v in sorted(reasons.items())),
              f"warnings: {len(warnings)}", "", "Skipped files:"]
@@ -437,10 +479,34 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
               for s in skipped] or ["  (none)"]
     lines += ["", "Warnings (files kept):"]
     lines += [f"  {w['path']}: {w['message']}" for w in warnings] or ["  (none)"]
-    tmp = out / f".report.txt.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "report.txt")
+    _write_text_atomic(out / "report.txt", lambda f: f.write("\n".join(lines) + "\n"))
     return manifest
+
+
+# === Shard plan ===
+
+def plan_shards(specs: Sequence[ClipSpec], tracks_per_shard: int,
+                seed: int | None) -> list[list[ClipSpec]]:
+    """Splits the inputs into shards: sorted by track id, then in a seeded random order.
+
+    Args:
+      specs: input clips (any order; track ids must be unique).
+      tracks_per_shard: files per shard (the last shard may hold fewer).
+      seed: seed of the order; None keeps the id-sorted order (consecutive tracks of one
+        person per shard: only for comparisons, see benchmarks/negatives.py).
+    Returns:
+      The shards' specs; a deterministic function of the input list and the seed.
+    """
+    specs = sorted(specs, key=lambda s: s.track_id)
+    ids = collections.Counter(s.track_id for s in specs)
+    dupes = [t for t, n in ids.items() if n > 1]
+    if dupes:
+        raise ValueError(f"duplicate track ids: {dupes[:5]}")
+    if seed is not None:
+        order = np.random.default_rng(int(seed)).permutation(len(specs))
+        specs = [specs[i] for i in order]
+    per = max(1, tracks_per_shard)
+    return [specs[i:i + per] for i in range(0, len(specs), per)]
 
 
 # === Driver ===
@@ -451,7 +517,7 @@ def prepare(specs: Sequence[ClipSpec], output_dir: str | os.PathLike,
     """Prepares `specs` into sharded TFRecords in `output_dir` (resumable, atomic shards).
 
     Args:
-      specs: input clips; sorted by track id here so the shard assignment is deterministic.
+      specs: input clips; dealt into shards by `plan_shards` (seeded random order).
       output_dir: created if needed.
       config: what to write.
       workers: local processes (1 = in this process).
@@ -467,14 +533,8 @@ def prepare(specs: Sequence[ClipSpec], output_dir: str | os.PathLike,
     start = time.time()
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = sorted(specs, key=lambda s: s.track_id)
-    ids = collections.Counter(s.track_id for s in specs)
-    dupes = [t for t, n in ids.items() if n > 1]
-    if dupes:
-        raise ValueError(f"duplicate track ids: {dupes[:5]}")
-    per = max(1, config.tracks_per_shard)
-    total = (len(specs) + per - 1) // per
-    chunks = [specs[i * per:(i + 1) * per] for i in range(total)]
+    chunks = plan_shards(specs, config.tracks_per_shard, config.shard_seed)
+    total = len(chunks)
     fingerprints = {i: _fingerprint(chunk, config) for i, chunk in enumerate(chunks)}
     mine = [i for i in range(total) if i % num_jobs == job_index]
     todo = [i for i in mine if not _shard_finished(out, i, total, fingerprints[i])]
@@ -567,6 +627,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--min_frames", type=int, default=50,
                    help="skip clips shorter than this many frames (the training window)")
     p.add_argument("--tracks_per_shard", type=int, default=64)
+    p.add_argument("--shard_seed", type=int, default=0,
+                   help="seed of the random order in which tracks are dealt into shards")
     p.add_argument("--no_detect", action="store_true",
                    help="videos source: clips are face crops already, resize whole frames")
     p.add_argument("--max_side", type=int, default=720,
@@ -590,16 +652,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         specs = list_videos(args.input, detect=not args.no_detect)
     config = PrepareConfig(face_size=args.face_size, min_frames=args.min_frames,
-                           tracks_per_shard=args.tracks_per_shard, max_side=args.max_side)
+                           tracks_per_shard=args.tracks_per_shard,
+                           shard_seed=args.shard_seed, max_side=args.max_side)
     if args.merge_only:
-        per = max(1, config.tracks_per_shard)
-        specs = sorted(specs, key=lambda s: s.track_id)
-        total = (len(specs) + per - 1) // per
-        fps = {i: _fingerprint(specs[i * per:(i + 1) * per], config) for i in range(total)}
+        chunks = plan_shards(specs, config.tracks_per_shard, config.shard_seed)
+        total = len(chunks)
+        fps = {i: _fingerprint(chunk, config) for i, chunk in enumerate(chunks)}
         manifest = merge_reports(args.output, fps, total)
         print(f"merged: {manifest['num_tracks']} tracks in {len(manifest['shards'])} of "
               f"{total} shards, complete={manifest['complete']}")
-        return 0
+        return 0 if manifest["num_tracks"] else 1
     if not specs:
         log.error("no input videos found under %s", args.input)
         return 2
@@ -612,6 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{summary.files_skipped} files skipped (see report.txt); this job wrote "
           f"{summary.shards_written} shards, {summary.shards_skipped_finished} already done; "
           f"complete={summary.complete}; {summary.seconds:.1f} s")
+    if not summary.tracks_written:
+        log.error("%s holds no track: every input was skipped (reasons in %s)", args.output,
+                  pathlib.Path(args.output) / "report.txt")
+        return 1
     return 0
 
 

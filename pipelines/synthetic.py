@@ -605,41 +605,68 @@ def _default_num_shards(num_tracks: int) -> int:
     return int(max(1, min(16, num_tracks // 32)))
 
 
+def shard_order(config: SyntheticConfig) -> list[tuple[int, int]]:
+    """(identity index, track index) of every track, in the seeded random order in which
+    `write_dataset` deals them round-robin into shards."""
+    jobs = [(i, t) for i in config.identity_indices for t in range(config.tracks_per_identity)]
+    order = np.random.default_rng([int(config.seed), 7]).permutation(len(jobs))
+    return [jobs[j] for j in order]
+
+
 def write_dataset(config: SyntheticConfig, output_dir: str, num_shards: int | None = None,
                   verbose: bool = False) -> list[str]:
     """Writes every track of `config` as `shard-XXXXX-of-YYYYY.tfrecord` plus `manifest.json`.
 
-    Tracks are dealt round-robin over shards in identity-major order, so every shard mixes
-    identities. The manifest holds the config, the unit table, every identity's parameters
-    and, per track, its shard and per-frame unit labels. Returns the shard paths.
+    Tracks are dealt round-robin over shards in a random order seeded by `config.seed`
+    (`shard_order`), so every shard is a random sample of all identities, in random order
+    (DESIGN.md "Negatives"). The manifest holds the config, the unit table, every identity's
+    parameters and, per track in identity-major order, its shard and per-frame unit labels.
+    Every file is written under a hidden temp name and renamed when complete (shards first,
+    the manifest last), so an interrupted run leaves no partial file. Returns the shard paths.
     """
     import tensorflow as tf
 
     os.makedirs(output_dir, exist_ok=True)
-    jobs = [(i, t) for i in config.identity_indices for t in range(config.tracks_per_identity)]
+    jobs = shard_order(config)
     n_shards = int(num_shards) if num_shards else _default_num_shards(len(jobs))
     n_shards = max(1, min(n_shards, len(jobs)))
     names = [f"shard-{s:05d}-of-{n_shards:05d}.tfrecord" for s in range(n_shards)]
     paths = [os.path.join(output_dir, n) for n in names]
-    manifest_tracks = []
+    temps = [os.path.join(output_dir, f".{n}.tmp-{os.getpid()}") for n in names]
+    manifest_path = os.path.join(output_dir, "manifest.json")
+    temps.append(os.path.join(output_dir, f".manifest.json.tmp-{os.getpid()}"))
+    manifest_tracks = {}
     start = time.time()
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    writers = [tf.io.TFRecordWriter(p) for p in temps[:-1]]
     try:
         for j, (ident, t) in enumerate(jobs):
             track, truth = generate_track_ground_truth(config, ident, t)
             shard = j % n_shards
             writers[shard].write(records.encode_track(track, jpeg_quality=config.jpeg_quality))
-            manifest_tracks.append({
+            manifest_tracks[ident, t] = {
                 "track_id": track.track_id, "identity": track.identity, "identity_index": ident,
                 "track_index": t, "shard": names[shard], "num_frames": config.num_frames,
                 "units": truth["units"].tolist(),
                 "f0_hz": round(float(np.median(truth["f0_hz"])), 2),
-            })
+            }
             if verbose and (j + 1) % 50 == 0:
                 print(f"  {j + 1}/{len(jobs)} tracks, {time.time() - start:.1f} s", flush=True)
+        for w in writers:
+            w.close()
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+        _write_manifest(config, names, manifest_tracks, temps[-1], manifest_path)
     finally:
         for w in writers:
             w.close()
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return paths
+
+
+def _write_manifest(config: SyntheticConfig, names: list[str], manifest_tracks: dict,
+                    tmp: str, path: str) -> None:
     manifest = {
         "format": "av-disentangle synthetic v1",
         "config": dataclasses.asdict(config),
@@ -651,11 +678,12 @@ def write_dataset(config: SyntheticConfig, output_dir: str, num_shards: int | No
                   for u in range(NUM_UNITS)],
         "identities": [identity_params(i, config.seed).to_json() for i in config.identity_indices],
         "shards": names,
-        "tracks": manifest_tracks,
+        "shard_seed": config.seed,
+        "tracks": [manifest_tracks[key] for key in sorted(manifest_tracks)],
     }
-    with open(os.path.join(output_dir, "manifest.json"), "w") as fh:
+    with open(tmp, "w") as fh:
         json.dump(manifest, fh, indent=1)
-    return paths
+    os.replace(tmp, path)
 
 
 def load_manifest(output_dir: str) -> dict[str, Any]:

@@ -81,3 +81,54 @@ def test_missing_and_empty_inputs_raise_clear_errors(tmp_path):
     (tmp_path / "empty.tfrecord").write_bytes(b"")
     with pytest.raises(ValueError, match="are empty"):
         list_shards(str(tmp_path / "*.tfrecord"))
+
+
+@tf.function(reduce_retracing=True)
+def _draw(frames, window, seeds):
+    def one(s):
+        return tf.stack(window_starts(frames, window, tf.stack([s[0], 2 * s[1]]),
+                                      tf.stack([s[0], 2 * s[1] + 1])))
+    return tf.map_fn(one, seeds, fn_output_signature=tf.TensorSpec([2], tf.int64))
+
+
+def _draw_starts(frames: int, window: int, num_seeds: int, base: int = 0) -> np.ndarray:
+    """(num_seeds, 2) window starts of a `frames`-frame track; seeds (base + k % 5, 2k / 2k+1)."""
+    k = np.arange(num_seeds, dtype=np.int64)
+    seeds = tf.constant(np.stack([base + k % 5, k], axis=1))
+    return _draw(tf.constant(frames, tf.int64), window, seeds).numpy()
+
+
+@pytest.mark.parametrize("window", [25, 50])
+def test_windows_never_overlap_from_two_windows_of_frames(window):
+    """Exhaustive over every track length F in [T, 4T]: window 2 never overlaps window 1 when
+    F >= 2T (DESIGN.md "Windows"), and is a different start when T < F < 2T."""
+    for frames in range(window, 4 * window + 1):
+        starts = _draw_starts(frames, window, 40)
+        s1, s2 = starts[:, 0], starts[:, 1]
+        assert np.all((s1 >= 0) & (s1 <= frames - window)), frames
+        assert np.all((s2 >= 0) & (s2 <= frames - window)), frames
+        if frames >= 2 * window:
+            assert np.all(np.abs(s1 - s2) >= window), (frames, starts[np.abs(s1 - s2) < window])
+        elif frames > window:
+            assert np.all(s1 != s2), frames
+        else:
+            assert np.all(s1 == 0) and np.all(s2 == 0)
+
+
+@pytest.mark.parametrize("window", [25, 50])
+def test_both_windows_cover_every_possible_start_evenly(window):
+    """Each window is spread evenly over the starts that admit a non-overlapping partner
+    (all starts once F >= 3T - 1), not piled onto the ends of the track."""
+    for frames in (window + 7, 2 * window, 2 * window + 1, 2 * window + 9, 3 * window - 2,
+                   3 * window - 1, 3 * window, 4 * window):
+        num_starts = frames - window + 1
+        possible = {s for s in range(num_starts)
+                    if frames < 2 * window or s >= window or s + window < num_starts}
+        draws = 60 * len(possible)
+        starts = _draw_starts(frames, window, draws, base=7)
+        for w in (0, 1):
+            counts = np.bincount(starts[:, w], minlength=num_starts)
+            assert set(np.flatnonzero(counts)) == possible, (frames, w)
+            # 60 expected per start: a uniform draw stays within [25, 110] (> 4.5 sigma)
+            assert counts[sorted(possible)].min() >= 25, (frames, w, counts)
+            assert counts.max() <= 110, (frames, w, counts)

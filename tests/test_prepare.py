@@ -261,7 +261,7 @@ def test_resume_skips_finished_shards_and_ignores_temp(tmp_path):
             assert (out / name).stat().st_mtime_ns == mtime
     ids = [t["track_id"] for s in sorted(out.glob(prepare.SHARD_PATTERN))
            for t in records.read_tracks(str(s))]
-    assert ids == [b"spk/clip0", b"spk/clip1", b"spk/clip2"]
+    assert sorted(ids) == [b"spk/clip0", b"spk/clip1", b"spk/clip2"]  # shards: random order
 
 
 def test_split_jobs_share_one_folder(tmp_path):
