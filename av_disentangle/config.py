@@ -13,18 +13,20 @@ DISENTANGLE_MODES: tuple[str, ...] = ("confusion", "adversarial", "grl", "none")
 # === Model ===
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of the two streams. `reference()` follows the public reference code
-    (joonson/syncnet_trainer, SyncNetModelFBank): 224x224 faces, VGG-M widths 96-256-256-256-256
-    (face) and 96-256-384-256-256 (audio), 512-wide fc6 and heads, 1024-d embeddings.
+    """Sizes of the two streams. The layers are those of the public reference code
+    (joonson/syncnet_trainer, models/SyncNetModelFBank.py; see `streams.py`); `reference()` also
+    has its sizes: 224x224 faces, VGG-M widths 96-256-256-256-256 (face) and 96-256-384-256-256
+    (audio), 512-wide fc6 and heads, 1024-d embeddings, temporal stride 2 (its README's command).
 
     Attributes:
-      face_size: side of the square RGB face crop fed to the face stream (multiple of 16).
+      face_size: side of the square RGB face crop fed to the face stream; >= 51 (the smallest
+        input the reference face trunk takes, see `streams.py`).
       face_channels: widths of the 5 face-trunk convs (conv1 is 3-D, 5-frame temporal kernel).
       audio_channels: widths of the 5 audio-trunk 2-D convs over (time, mel).
       trunk_dim: width of the trunk output sequence (the "fc6" layer).
       head_hidden: hidden width of each 2-layer 1x1 temporal-conv head.
       embedding_dim: D, the output width of content and identity heads.
-      num_mels: log-mel bands of the audio features.
+      num_mels: log-mel bands of the audio features (>= 15, the smallest the audio trunk takes).
       temporal_stride: stride of the trunk's temporal output; T' = (T - 5) // stride + 1.
     """
 
@@ -40,26 +42,33 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if len(self.face_channels) != 5 or len(self.audio_channels) != 5:
             raise ValueError("face_channels and audio_channels need exactly 5 widths each")
-        if self.face_size < 32 or self.face_size % 16:
-            raise ValueError(f"face_size must be a multiple of 16 and >= 32, got {self.face_size}")
+        # Smallest sizes for which the reference trunks (streams.py) leave a map before fc6.
+        if self.face_size < 51:
+            raise ValueError(f"face_size must be >= 51, got {self.face_size}")
+        if self.num_mels < 15:
+            raise ValueError(f"num_mels must be >= 15, got {self.num_mels}")
+        if self.temporal_stride < 1:
+            raise ValueError(f"temporal_stride must be >= 1, got {self.temporal_stride}")
 
     @classmethod
     def reference(cls) -> "ModelConfig":
-        """The reference code's sizes (about 30 M parameters); `--face_size 112` for a 4x
-        cheaper face stream."""
+        """The reference code's sizes: 13,840,512 trainable parameters, as SyncNetModelFBank
+        at nOut 1024; `--face_size 112` for a ~4x cheaper face stream."""
         return cls()
 
     @classmethod
     def small(cls) -> "ModelConfig":
-        """A CPU-sized model (about 0.18 M parameters) for the sample data and tests."""
+        """A CPU-sized model (138,496 trainable parameters in the two streams) for the sample
+        data and tests."""
         return cls(face_size=64, face_channels=(16, 32, 32, 32, 32),
                    audio_channels=(16, 32, 32, 32, 32), trunk_dim=64, head_hidden=64,
                    embedding_dim=64)
 
     @classmethod
     def tiny(cls) -> "ModelConfig":
-        """The smallest sensible model, for unit tests."""
-        return cls(face_size=32, face_channels=(4, 8, 8, 8, 8), audio_channels=(4, 8, 8, 8, 8),
+        """The smallest sensible model (11,392 trainable parameters in the streams), for unit
+        tests; 64x64 faces (the reference face trunk needs >= 51)."""
+        return cls(face_size=64, face_channels=(4, 8, 8, 8, 8), audio_channels=(4, 8, 8, 8, 8),
                    trunk_dim=16, head_hidden=16, embedding_dim=16)
 
     def num_steps(self, num_frames: int) -> int:

@@ -1,13 +1,55 @@
-"""The face and audio streams: a VGG-M-style trunk shared by a content head and an identity head.
+"""The face and audio streams: SyncNetModelFBank's VGG-M trunks, each with a content and an
+identity head.
 
-Both streams map a window of T video frames (25 fps) to sequences of T' = (T - 5) // stride + 1
-steps, aligned in time: step j of either stream sees video frames [stride*j, stride*j + 4]
-(the audio stream sees the same 200 ms of sound, 4 log-mel frames per video frame).
+Layer for layer as github joonson/syncnet_trainer, models/SyncNetModelFBank.py (commit
+15e5cfc; `l.N` below is its line): kernels, strides, zero padding, floor-mode max pooling,
+widths, BatchNorm + ReLU after every conv, conv biases (PyTorch's default bias=True, also before
+BatchNorm, where they are redundant but trainable: the reference counts them), and four heads
+conv1d 512->512 - BN - ReLU - conv1d 512->nOut. Our layouts are channels-last: faces
+(B, T, H, W, C) and audio (B, time, mel, C); PyTorch's audio is (N, 1, mel, time), so its
+kernel (5, 7) = (mel 5, time 7) is our (time 7, mel 5). Where PyTorch pads, we pad with zeros
+explicitly and then run a valid conv/pool (the pooled inputs are ReLU outputs >= 0, so zero
+padding equals PyTorch's -inf pool padding). The reference's face Conv3d/MaxPool3d layers run
+as the equal 2-D layers on the T' output steps folded into the batch (`FoldTime`: conv1's 5
+frames stacked on channels), since TensorFlow's Conv3D gradient is pathologically slow on CPU.
+Output shapes at the reference size for a window of 50 frames (2 s, 32,000 samples), temporal
+stride 2 (face rows: T' x H x W x C, run as (B * T', H, W, C)):
+
+    face (T, H, W, C)                          audio (time, mel, C)
+    input         50 x 224 x 224 x 3           log_mel     200 x 40 (x 1)
+    face_conv1    23 x 109 x 109 x 96          audio_conv1 198 x 40 x 96
+    face_pool1    23 x  54 x  54 x 96          audio_pool1  98 x 40 x 96
+    face_conv2    23 x  26 x  26 x 256         audio_conv2  96 x 19 x 256
+    face_pool2    23 x  13 x  13 x 256         audio_pool2  94 x  9 x 256
+    face_conv3-5  23 x  13 x  13 x 256         audio_conv3  94 x  9 x 384, conv4-5 x 256
+    face_pool5    23 x   6 x   6 x 256         audio_pool5  46 x  4 x 256
+    face_fc6      23 x   1 x   1 x 512         audio_fc6    23 x  1 x 512
+    heads         23 x 512 -> 23 x 1024        heads        23 x 512 -> 23 x 1024
+
+Trainable parameters at the reference size: 13,840,512 (the reference's, nOut 1024).
+
+Face sizes other than 224: fc6 spans the whole remaining spatial map (6x6 at 224, 2x2 at 112,
+1x1 for 51..82); 51 px is the smallest face that works (`ModelConfig` rejects less).
+
+Temporal stride (as the reference: on the FIRST face conv, l.70, and on the LAST audio conv,
+l.36). For a window of T >= 5 video frames both streams give T' = (T - 5) // stride + 1 steps.
+Alignment: video frame i is the instant i * 40 ms, and log-mel frame n is centred on sample
+n * 160 = n * 10 ms (features.py: centred STFT frames, S // 160 frames, none dropped). Face
+step j sees frames stride*j .. stride*j + 4 and is centred on frame stride*j + 2, i.e.
+40 * stride * j + 80 ms. Audio step j is centred on log-mel frame 4 * stride * j + 8, i.e. also
+40 * stride * j + 80 ms (receptive field 37 log-mel frames = 370 ms, plus the 25 ms STFT
+window, frames 4*stride*j - 10 .. 4*stride*j + 26, zero padding included at the edges).
+So step j of both streams is centred on the same instant; the test `test_streams.py` derives
+this from the built layers. (In the reference itself, which drops the first and last mel frame
+(l.120) and reads video from `startidx + offset - 1` for audio from `startidx`
+(DatasetLoader.py), audio step j is centred 10 ms later, on mel frame 4*stride*j + 9, and with
+Offset 0 the video step on frame startidx - 1 + stride*j + 2, 50 ms before its audio step.)
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from av_disentangle.config import ModelConfig
@@ -26,76 +68,136 @@ def _bn_relu(x, name: str):
 
 
 def _head(x, config: ModelConfig, name: str):
-    """Two 1x1 temporal convs + L2 norm: (B, T', trunk_dim) -> (B, T', D), unit norm."""
-    x = layers.Conv1D(config.head_hidden, 1, use_bias=False, name=f"{name}_fc7")(x)
+    """Two 1x1 temporal convs + L2 norm: (B, T', trunk_dim) -> (B, T', D), unit norm.
+    Reference l.41-66: Conv1d(512, 512, 1), BatchNorm1d, ReLU, Conv1d(512, nOut, 1)."""
+    x = layers.Conv1D(config.head_hidden, 1, name=f"{name}_fc7")(x)
     x = _bn_relu(x, f"{name}_fc7")
     x = layers.Conv1D(config.embedding_dim, 1, name=f"{name}_fc8")(x)
     return L2Normalize(name=f"{name}_l2")(x)
 
 
-def build_face_stream(config: ModelConfig) -> keras.Model:
-    """Face stream as a Keras functional model.
+@keras.saving.register_keras_serializable(package="av_disentangle")
+class FoldTime(keras.layers.Layer):
+    """(B, T, H, W, C) -> (B * T', H, W, frames * C): for each output step j the `frames`
+    consecutive frames stride*j .. stride*j + frames - 1, stacked on channels frame-major
+    (channel k * C + c = colour c of frame k); T' = (T - frames) // stride + 1.
+
+    A valid Conv2D on the result is exactly a Conv3D with temporal kernel `frames`, temporal
+    stride `stride`, valid in time: its kernel (kh, kw, frames * C, out) is the Conv3D kernel
+    (frames, kh, kw, C, out) reshaped (PyTorch's (out, C, frames, kh, kw) permuted to
+    (kh, kw, frames, C, out) and reshaped). Done so because TensorFlow's Conv3D filter gradient
+    is ~100-200x slower than the equal Conv2D on CPU (measured: 10.9 s vs 62 ms for the tiny
+    model's conv1 on 6 x 15 frames of 64x64), and after the first layer every face kernel is
+    1 frame long: the rest of the face trunk runs per step as 2-D layers on (B * T', H, W, C).
+    """
+
+    def __init__(self, frames: int = 5, stride: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.frames = frames
+        self.stride = stride
+
+    def call(self, x):
+        steps = (tf.shape(x)[1] - self.frames) // self.stride + 1
+        span = self.stride * (steps - 1) + 1
+        windows = tf.concat([x[:, k:k + span:self.stride] for k in range(self.frames)], -1)
+        shape = tf.shape(windows)  # (B, T', H, W, frames * C)
+        return tf.reshape(windows, tf.concat([[-1], shape[2:]], 0))
+
+    def compute_output_shape(self, input_shape):
+        _, _, height, width, channels = input_shape
+        return (None, height, width, self.frames * channels)
+
+    def get_config(self):
+        return {**super().get_config(), "frames": self.frames, "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable(package="av_disentangle")
+class UnfoldTime(keras.layers.Layer):
+    """Call on [x (B * T', 1, 1, D), frames (B, T, ...)]: returns (B, T', D), undoing the
+    batch folding of `FoldTime(frames, stride)`."""
+
+    def __init__(self, frames: int = 5, stride: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.frames = frames
+        self.stride = stride
+
+    def call(self, inputs):
+        x, frames = inputs
+        return tf.reshape(x, [tf.shape(frames)[0], -1, x.shape[-1]])
+
+    def compute_output_shape(self, input_shape):
+        x_shape, frames_shape = input_shape
+        num_frames = frames_shape[1]
+        steps = None if num_frames is None else (num_frames - self.frames) // self.stride + 1
+        return (frames_shape[0], steps, x_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "frames": self.frames, "stride": self.stride}
+
+
+def _conv2d(x, width: int, kernel: tuple[int, int], name: str,
+            strides: tuple[int, int] = (1, 1), pad: tuple[int, int] = (0, 0)):
+    """Zero padding `pad` (symmetric, per axis), valid Conv2D with bias, BN, ReLU."""
+    if pad != (0, 0):
+        x = layers.ZeroPadding2D(((pad[0], pad[0]), (pad[1], pad[1])), name=f"{name}_pad")(x)
+    x = layers.Conv2D(width, kernel, strides=strides, name=name)(x)
+    return _bn_relu(x, name)
+
+
+def build_face_stream(config: ModelConfig, num_frames: int | None = None) -> keras.Model:
+    """Face stream as a Keras functional model (reference `netcnnlip`, l.69-96).
 
     Input `frames`: (B, T, H, W, 3) uint8 RGB face crops at 25 fps, H = W = config.face_size,
-    T >= 5. Outputs a dict: `content` and `identity`, each (B, T', D), L2-normalised per step.
+    T >= 5 (`num_frames` fixes T in the model's static shapes; default any). Outputs a dict:
+    `content` and `identity`, each (B, T', D), L2-normalised per step. Inside, the reference's
+    Conv3d/MaxPool3d layers run as 2-D layers on (B * T', H, W, C) (see `FoldTime`).
     """
     c1, c2, c3, c4, c5 = config.face_channels
-    size = config.face_size
-    frames = keras.Input((None, size, size, 3), dtype="uint8", name="frames")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="face_rescale")(frames)
-    # conv1: 3-D, 5-frame temporal kernel, valid in time (T -> T - 4), same in space.
-    x = layers.ZeroPadding3D(((0, 0), (3, 3), (3, 3)), name="face_conv1_pad")(x)
-    x = layers.Conv3D(c1, (5, 7, 7), strides=(1, 2, 2), use_bias=False, name="face_conv1")(x)
-    x = _bn_relu(x, "face_conv1")
-    x = layers.MaxPool3D((1, 3, 3), strides=(1, 2, 2), padding="same", name="face_pool1")(x)
-    x = layers.Conv3D(c2, (1, 5, 5), strides=(1, 2, 2), padding="same", use_bias=False,
-                      name="face_conv2")(x)
-    x = _bn_relu(x, "face_conv2")
-    x = layers.MaxPool3D((1, 3, 3), strides=(1, 2, 2), padding="same", name="face_pool2")(x)
-    for i, width in ((3, c3), (4, c4), (5, c5)):
-        x = layers.Conv3D(width, (1, 3, 3), padding="same", use_bias=False,
-                          name=f"face_conv{i}")(x)
-        x = _bn_relu(x, f"face_conv{i}")
-    x = layers.MaxPool3D((1, 3, 3), strides=(1, 2, 2), padding="same", name="face_pool5")(x)
-    # fc6: a conv over the whole remaining spatial map (ceil(size / 32): 224 -> 7, 112 -> 4),
-    # with the temporal stride.
-    spatial = x.shape[2]
-    x = layers.Conv3D(config.trunk_dim, (1, spatial, spatial), strides=(config.temporal_stride, 1, 1),
-                      use_bias=False, name="face_fc6")(x)
-    x = _bn_relu(x, "face_fc6")
-    trunk = layers.Reshape((-1, config.trunk_dim), name="face_trunk")(x)  # (B, T', trunk_dim)
+    size, stride = config.face_size, config.temporal_stride
+    frames = keras.Input((num_frames, size, size, 3), dtype="uint8", name="frames")
+    # l.70 Conv3d (5,7,7) stride (stride,2,2) pad 0 = fold 5 frames, Conv2D 7x7 / 2.
+    x = FoldTime(5, stride, name="face_fold")(frames)  # (B * T', H, W, 15)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="face_rescale")(x)
+    x = _conv2d(x, c1, (7, 7), "face_conv1", strides=(2, 2))
+    x = layers.MaxPool2D(3, strides=2, name="face_pool1")(x)  # l.73 (1,3,3) / (1,2,2)
+    x = _conv2d(x, c2, (5, 5), "face_conv2", strides=(2, 2), pad=(1, 1))  # l.75
+    x = layers.ZeroPadding2D(1, name="face_pool2_pad")(x)
+    x = layers.MaxPool2D(3, strides=2, name="face_pool2")(x)  # l.78 pad (0,1,1)
+    for i, width in ((3, c3), (4, c4), (5, c5)):  # l.80, 84, 88
+        x = _conv2d(x, width, (3, 3), f"face_conv{i}", pad=(1, 1))
+    x = layers.MaxPool2D(3, strides=2, name="face_pool5")(x)  # l.91
+    # fc6: a valid conv over the whole remaining spatial map (l.93: 6x6 at 224).
+    x = _conv2d(x, config.trunk_dim, (x.shape[1], x.shape[2]), "face_fc6")
+    trunk = UnfoldTime(5, stride, name="face_trunk")([x, frames])  # (B, T', trunk_dim)
     outputs = {CONTENT: _head(trunk, config, "face_content"),
                IDENTITY: _head(trunk, config, "face_identity")}
     return keras.Model(frames, outputs, name="face_stream")
 
 
-def build_audio_stream(config: ModelConfig) -> keras.Model:
-    """Audio stream as a Keras functional model.
+def build_audio_stream(config: ModelConfig, num_frames: int | None = None) -> keras.Model:
+    """Audio stream as a Keras functional model (reference `netcnnaud`, l.12-39).
 
     Input `waveform`: (B, S) float32 16 kHz mono; S = 640 * T for a window of T video frames
-    (extra samples past a whole video frame are dropped). Log-mel features are computed in the
-    graph. Outputs a dict: `content` and `identity`, each (B, T', D), L2-normalised per step.
+    (extra samples past a whole video frame are dropped; `num_frames` fixes S = 640 * T in the
+    model's static shapes; default any). Log-mel features are computed in the graph. Outputs a
+    dict: `content` and `identity`, each (B, T', D), L2-normalised per step.
     """
-    if config.num_mels % 8:
-        raise ValueError(f"num_mels must be a multiple of 8, got {config.num_mels}")
     c1, c2, c3, c4, c5 = config.audio_channels
-    waveform = keras.Input((None,), dtype="float32", name="waveform")
+    samples = None if num_frames is None else 640 * num_frames
+    waveform = keras.Input((samples,), dtype="float32", name="waveform")
     x = LogMelSpectrogram(config.num_mels, frames_multiple_of=4, name="log_mel")(waveform)
     x = layers.Reshape((-1, config.num_mels, 1), name="audio_add_channel")(x)  # (B, 4T, M, 1)
-    x = layers.Conv2D(c1, 3, padding="same", use_bias=False, name="audio_conv1")(x)
-    x = _bn_relu(x, "audio_conv1")
-    x = layers.MaxPool2D((1, 2), name="audio_pool1")(x)  # mel / 2
-    x = layers.Conv2D(c2, 3, padding="same", use_bias=False, name="audio_conv2")(x)
-    x = _bn_relu(x, "audio_conv2")
-    x = layers.MaxPool2D((2, 2), name="audio_pool2")(x)  # time 2T, mel / 4
-    for i, width in ((3, c3), (4, c4), (5, c5)):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"audio_conv{i}")(x)
-        x = _bn_relu(x, f"audio_conv{i}")
-    x = layers.MaxPool2D((2, 2), name="audio_pool5")(x)  # time T (video rate), mel / 8
-    # fc6: 5 video frames x all remaining mel bins, valid, temporal stride: T -> T'.
-    x = layers.Conv2D(config.trunk_dim, (5, config.num_mels // 8),
-                      strides=(config.temporal_stride, 1), use_bias=False, name="audio_fc6")(x)
-    x = _bn_relu(x, "audio_fc6")
+    # Kernels, strides and pads below are (time, mel): the reference's (mel, time) swapped.
+    x = _conv2d(x, c1, (7, 5), "audio_conv1", pad=(2, 2))  # l.13
+    x = layers.MaxPool2D((3, 1), strides=(2, 1), name="audio_pool1")(x)  # l.16
+    x = _conv2d(x, c2, (5, 5), "audio_conv2", strides=(1, 2), pad=(1, 1))  # l.18
+    x = layers.MaxPool2D((3, 3), strides=(1, 2), name="audio_pool2")(x)  # l.21
+    for i, width in ((3, c3), (4, c4), (5, c5)):  # l.23, 27, 31
+        x = _conv2d(x, width, (3, 3), f"audio_conv{i}", pad=(1, 1))
+    x = layers.MaxPool2D((3, 3), strides=(2, 2), name="audio_pool5")(x)  # l.34: time T - 4
+    # fc6 (l.36): all remaining mel bins (4 of 40), one step in time, the temporal stride.
+    x = _conv2d(x, config.trunk_dim, (1, x.shape[2]), "audio_fc6",
+                    strides=(config.temporal_stride, 1))
     trunk = layers.Reshape((-1, config.trunk_dim), name="audio_trunk")(x)  # (B, T', trunk_dim)
     outputs = {CONTENT: _head(trunk, config, "audio_content"),
                IDENTITY: _head(trunk, config, "audio_identity")}

@@ -87,9 +87,9 @@ class Preset:
 
 
 QUICK = Preset(train_identities=12, test_identities=6, tracks_per_identity=4, num_frames=50,
-               face_size=32, steps=100, steps_per_epoch=50, batch_tracks=12,
+               face_size=64, steps=100, steps_per_epoch=50, batch_tracks=12,
                recalibration_batches=10,
-               model=ModelConfig(face_size=32, face_channels=(8, 16, 16, 16, 16),
+               model=ModelConfig(face_size=64, face_channels=(8, 16, 16, 16, 16),
                                  audio_channels=(8, 16, 16, 16, 16), trunk_dim=32,
                                  head_hidden=32, embedding_dim=32))
 FULL = Preset(train_identities=30, test_identities=10, tracks_per_identity=8, num_frames=75,

@@ -57,10 +57,10 @@ def test_content_loss_falls_and_sync_beats_chance(tmp_path, seed):
     from pipelines.input import InputConfig, make_dataset
 
     config = synthetic.SyntheticConfig(num_identities=6, tracks_per_identity=3, num_frames=40,
-                                       face_size=32, seed=seed)
+                                       face_size=64, seed=seed)
     synthetic.write_dataset(config, str(tmp_path), num_shards=2)
     frames, audio = _windows(str(tmp_path), WINDOW)
-    model_config = ModelConfig(face_size=32, face_channels=(8, 16, 16, 16, 16),
+    model_config = ModelConfig(face_size=64, face_channels=(8, 16, 16, 16, 16),
                                audio_channels=(8, 16, 16, 16, 16), trunk_dim=32, head_hidden=32,
                                embedding_dim=32)
     chance = 1.0 / model_config.num_steps(WINDOW)
@@ -70,7 +70,7 @@ def test_content_loss_falls_and_sync_beats_chance(tmp_path, seed):
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     loss_0, acc_0 = _sync(model, frames, audio)
     dataset = make_dataset(InputConfig(str(tmp_path / "*.tfrecord"), batch_tracks=6,
-                                       window_frames=WINDOW, face_size=32, seed=seed))
+                                       window_frames=WINDOW, face_size=64, seed=seed))
     history = model.fit(dataset, steps_per_epoch=STEPS // 3, epochs=3, verbose=0).history
     loss_1, acc_1 = _sync(model, frames, audio)
 
