@@ -735,6 +735,12 @@ def plot_det(path: str | os.PathLike | None, scores: np.ndarray, labels: np.ndar
     ax_hist.set_title("Score distributions")
     ax_hist.legend(loc="upper left", fontsize=8)
     fig.suptitle(title or f"Verification: EER {100 * eer:.2f}%, minDCF(0.01) {dcf1:.3f}")
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | os.PathLike | None) -> bytes:
+    """Lays out `fig`, renders it to PNG bytes and, if `path` is given, writes them there
+    atomically."""
     fig.tight_layout()
     png = _figure_png(fig)
     if path is not None:
@@ -772,12 +778,7 @@ def plot_sync(path: str | os.PathLike | None, curves: dict[int, list[np.ndarray]
     ax_err.locator_params(axis="y", integer=True)
     ax_err.set_title(f"Exact {100 * np.mean(errors == 0):.1f}%, within +-1 "
                      f"{100 * np.mean(np.abs(errors) <= 1):.1f}% ({errors.size} clip-shifts)")
-    fig.tight_layout()
-    png = _figure_png(fig)
-    if path is not None:
-        _write_atomic(path, png)
-        logger.info("wrote plot to %s", path)
-    return png
+    return _save_figure(fig, path)
 
 
 # === TensorBoard ===

@@ -59,7 +59,29 @@ class _AuxiliaryMatcher(keras.layers.Layer):
         return self.similarity(a, b)
 
 
-class DisentangleModel(keras.Model):
+class TrackedModel(keras.Model):
+    """A keras.Model whose variables are all created in `build()` and whose `metrics` are the
+    `self._trackers` Mean trackers of its custom train/test steps (shared by
+    `DisentangleModel` and `supervised.SpeakerClassifier`)."""
+
+    _trackers: dict
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Overrides a Keras 3.15 private hook. Keras reduces the first distributed batch with
+        `strategy.reduce(MEAN, batch)` to build compiled losses/metrics; under
+        MultiWorkerMirroredStrategy that fails for a dict of tensors. These models have no
+        compiled losses or metrics and create all state in `build()`, so only the optimizer
+        needs building (inside the strategy scope, as tf.distribute requires)."""
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+
+class DisentangleModel(TrackedModel):
     """Face + audio streams trained with content, identity and disentanglement losses.
 
     Args:
@@ -99,20 +121,6 @@ class DisentangleModel(keras.Model):
             if layer is not None and not layer.built:
                 layer.build()
         self.built = True
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Overrides a Keras 3.15 private hook. Keras reduces the first distributed batch with
-        `strategy.reduce(MEAN, batch)` to build compiled losses/metrics; under
-        MultiWorkerMirroredStrategy that fails for a dict of tensors. This model has no
-        compiled losses or metrics and creates all state in `build()`, so only the optimizer
-        needs building (inside the strategy scope, as tf.distribute requires)."""
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
 
     def call(self, inputs, training=False):
         """Runs both streams on window 1 (and window 2 audio when present).

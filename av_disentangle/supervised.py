@@ -39,7 +39,7 @@ import tensorflow as tf
 from av_disentangle import losses
 from av_disentangle.config import LossConfig, ModelConfig, from_dict, to_dict
 from av_disentangle.heads import make_head
-from av_disentangle.model import _multi_worker
+from av_disentangle.model import TrackedModel, _multi_worker
 from av_disentangle.streams import CONTENT, IDENTITY, build_audio_stream, build_face_stream
 from av_disentangle.supervised_config import SupervisedConfig  # noqa: F401 (re-exported)
 from av_disentangle.training import UsageError
@@ -54,7 +54,7 @@ METRIC_NAMES = ("loss", "accuracy")
 
 
 # === The model ===
-class SpeakerClassifier(keras.Model):
+class SpeakerClassifier(TrackedModel):
     """Audio stream + pooled identity embedding + classifier head, trained with cross-entropy.
 
     Input batches are dicts (pipelines/labelled.py): `audio` (B, S) float32 and `label` (B,)
@@ -82,17 +82,6 @@ class SpeakerClassifier(keras.Model):
         if not self.classifier.built:
             self.classifier.build((None, self.model_config.embedding_dim))
         self.built = True
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """As DisentangleModel._maybe_symbolic_build (model.py): all state is created in
-        `build()`, so only the optimizer needs building, inside the strategy scope."""
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
 
     def call(self, waveform, training=False):
         """(B, S) float32 -> (B, D) float32 embedding, as the export's `embed_audio`."""

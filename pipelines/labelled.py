@@ -31,14 +31,13 @@ import os
 import zlib
 from typing import Any, Iterator
 
-import av
 import numpy as np
 import tensorflow as tf
 
 from av_disentangle.supervised import AUDIO, LABEL
 from av_disentangle.training import UsageError
 from pipelines import records
-from pipelines.media import SAMPLE_RATE, MediaError
+from pipelines.media import SAMPLE_RATE, MediaError, decode_audio_file
 
 log = logging.getLogger(__name__)
 
@@ -250,38 +249,6 @@ def draw_label_budget(listing: dict[str, list[str]], labels_per_speaker: int,
                              utterances=tuple(utterances),
                              labels_per_speaker=int(labels_per_speaker),
                              num_speakers=int(num_speakers), seed=int(seed))
-
-
-# === Decoding ===
-def decode_audio_file(path: str) -> np.ndarray:
-    """Decodes any FFmpeg-readable audio file to (S,) int16 mono at 16 kHz, with the same
-    PyAV resampler settings as `pipelines.media.decode_clip` (s16, mono, 16 kHz).
-
-    Raises:
-      MediaError: `corrupt` (cannot open / decode), `no_audio`, or `empty` (no samples).
-    """
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
-        raise MediaError(path, "corrupt", f"cannot open: {e}") from e
-    try:
-        if not container.streams.audio:
-            raise MediaError(path, "no_audio", "no audio stream")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        chunks = []
-        for frame in container.decode(container.streams.audio[0]):
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-    except MediaError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, MemoryError) as e:
-        raise MediaError(path, "corrupt", f"decoding failed: {e}") from e
-    finally:
-        container.close()
-    audio = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
-    if audio.shape[0] == 0:
-        raise MediaError(path, "empty", "no audio samples decoded")
-    return audio
 
 
 def _load_folder_audio(selection: LabelledSelection) -> list[np.ndarray]:

@@ -12,6 +12,7 @@ so audio sample `j * 640` starts output frame `j`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -168,13 +169,21 @@ def decode_clip(
         nothing decoded.
     """
     path = str(path)
+    with _opened(path) as container:
+        return _decode_open(container, path, av_offset_frames, max_side, max_mismatch_frames,
+                            threads)
+
+
+@contextlib.contextmanager
+def _opened(path: str):
+    """Opens a media file with PyAV and closes it; PyAV/OS errors while opening or decoding
+    become `MediaError(path, "corrupt", ...)` naming the file."""
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
         raise MediaError(path, "corrupt", f"cannot open: {e}") from e
     try:
-        return _decode_open(container, path, av_offset_frames, max_side, max_mismatch_frames,
-                            threads)
+        yield container
     except MediaError:
         raise
     except (av.FFmpegError, OSError, ValueError, MemoryError) as e:
@@ -281,6 +290,29 @@ def _decode_open(container, path: str, av_offset_frames: int, max_side: int | No
     return DecodedClip(frames=frames_arr, audio=audio, warnings=tuple(warnings),
                        source_sample_rate=src_rate, source_channels=src_channels,
                        source_num_frames=decoded, av_offset_frames=int(av_offset_frames))
+
+
+def decode_audio_file(path: str) -> np.ndarray:
+    """Decodes any FFmpeg-readable audio file (wav, flac, m4a, or a video's first audio
+    stream) to (S,) int16 mono at 16 kHz, with the same PyAV resampler settings as
+    `decode_clip` (s16, mono, 16 kHz).
+
+    Raises:
+      MediaError: `corrupt` (cannot open / decode), `no_audio`, or `empty` (no samples).
+    """
+    path = str(path)
+    with _opened(path) as container:
+        if not container.streams.audio:
+            raise MediaError(path, "no_audio", "no audio stream")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        chunks = []
+        for frame in container.decode(container.streams.audio[0]):
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    audio = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
+    if audio.shape[0] == 0:
+        raise MediaError(path, "empty", "no audio samples decoded")
+    return audio
 
 
 def decode_video(path: str | os.PathLike, av_offset_frames: int = 0,

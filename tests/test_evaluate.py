@@ -121,37 +121,14 @@ def tone_root(tmp_path) -> Path:
 
 def make_sync_clip(path: Path, n_frames: int = 75, size: int = 64, seed: int = 0) -> None:
     """Writes an mp4 (MPEG-4 video + AAC audio) whose content is alignable by the stand-in."""
-    import av
+    from conftest import write_mp4
 
     rng = np.random.default_rng(seed)
     v = rng.uniform(-1, 1, size=(n_frames, 16)).astype(np.float32)
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream("mpeg4", rate=25)
-        vs.width = vs.height = size
-        vs.pix_fmt = "yuv420p"
-        vs.bit_rate = 4_000_000
-        vs.options = {"qscale": "2"}
-        aus = c.add_stream("aac", rate=16000)
-        aus.layout = "mono"
-        aus.bit_rate = 128000
-        blk = size // 4
-        for t in range(n_frames):
-            img = (128 + 100 * v[t].reshape(4, 4)).repeat(blk, 0).repeat(blk, 1)
-            img = np.repeat(img[:, :, None], 3, 2).astype(np.uint8)
-            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        audio = (0.5 * np.repeat(v, 40, axis=1)).reshape(-1).astype(np.float32)
-        for i in range(0, audio.size, 1024):
-            af = av.AudioFrame.from_ndarray(audio[None, i:i + 1024], format="flt",
-                                            layout="mono")
-            af.sample_rate = 16000
-            af.pts = i
-            for p in aus.encode(af):
-                c.mux(p)
-        for p in aus.encode():
-            c.mux(p)
+    blk = size // 4
+    grey = (128 + 100 * v.reshape(n_frames, 4, 4)).repeat(blk, 1).repeat(blk, 2)
+    frames = np.repeat(grey[..., None], 3, -1).astype(np.uint8)
+    write_mp4(path, frames, 0.5 * np.repeat(v, 40, axis=1).reshape(-1), high_quality=True)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
