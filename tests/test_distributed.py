@@ -13,6 +13,7 @@ import pytest
 
 from av_disentangle.config import LossConfig, ModelConfig
 from av_disentangle.model import DisentangleModel
+from av_disentangle.training import TrainConfig, make_optimizer
 from conftest import REPO_ROOT, run_script
 
 
@@ -31,7 +32,7 @@ def _trainable_weights(path) -> list[np.ndarray]:
     """Trainable weights of a tiny DisentangleModel backup. BatchNorm moving statistics are
     left out: like unsynchronised BN on several GPUs, each worker keeps its own."""
     model = DisentangleModel(ModelConfig.tiny(), LossConfig())
-    model.compile(optimizer=keras.optimizers.SGD(momentum=0.9))  # as train.py --optimizer sgd
+    model.compile(optimizer=make_optimizer(TrainConfig()))  # train.py's optimizer: same variables
     model.optimizer.build(model.trainable_variables)
     model.load_weights(path)
     return [v.numpy() for v in model.trainable_variables]
