@@ -144,6 +144,16 @@ def _aux_variables(model):
             if not v.path.endswith("similarity/bias")]
 
 
+def _assert_step_moves_heads_and_scales(model, batch, heads, head_grads, scales, scale_grads):
+    """One real SGD step moves each auxiliary-head variable by -LR * `head_grads` and the
+    content / identity scales by -LR * their own task's gradient only."""
+    delta = _sgd_step(model, batch, heads + scales)
+    for d, g, v in zip(delta, head_grads, heads):
+        _assert_update(d, g, v.path)
+    _assert_update(delta[-2], scale_grads["content"][0], "content scale")
+    _assert_update(delta[-1], scale_grads["identity"][1], "identity scale")
+
+
 def test_adversarial_heads_learn_from_their_cross_entropy_only():
     """`adversarial`: the auxiliary heads descend their own task CE (aux_loss) on stopped
     embeddings; the confusion loss, which also depends on them, must not move them, and their
@@ -160,11 +170,7 @@ def test_adversarial_heads_learn_from_their_cross_entropy_only():
                          confusion=lambda t: t["confusion_content"] + t["confusion_identity"])
     assert all(g is None for g in streams["aux"])  # ... the heads' CE stops before the streams
     assert _max_abs(streams["confusion"]) > 1e-4  # ... and the confusion trains the streams
-    delta = _sgd_step(model, batch, heads + scales)
-    for d, g, v in zip(delta, grads["aux"], heads):
-        _assert_update(d, g, v.path)
-    _assert_update(delta[-2], scale_grads["content"][0], "content scale")
-    _assert_update(delta[-1], scale_grads["identity"][1], "identity scale")
+    _assert_step_moves_heads_and_scales(model, batch, heads, grads["aux"], scales, scale_grads)
 
 
 def test_grl_heads_descend_the_task_loss_that_the_streams_ascend():
@@ -185,11 +191,8 @@ def test_grl_heads_descend_the_task_loss_that_the_streams_ascend():
     for matcher, reversal in zip(matchers, reversals):
         matcher.reverse = reversal
     scale_grads = _gradients(model, batch, scales, **_task_scale_gradients(cfg))
-    delta = _sgd_step(model, batch, heads + scales)
-    for d, g, v in zip(delta, grads["task"], heads):
-        _assert_update(d, g, v.path)
-    _assert_update(delta[-2], scale_grads["content"][0], "content scale")
-    _assert_update(delta[-1], scale_grads["identity"][1], "identity scale")
+    _assert_step_moves_heads_and_scales(model, batch, heads, grads["task"], scales,
+                                        scale_grads)
 
 
 def test_grl_reverses_and_scales_the_stream_gradient_of_the_auxiliary_task():
