@@ -1,21 +1,31 @@
 #!/usr/bin/env python
-"""Times trial scoring on the full VoxCeleb1-O list with synthetic embeddings.
+"""Times trial scoring on the full VoxCeleb1-O list with synthetic embeddings, and embedding
+extraction (utterances/s) of an exported model on the bundled LibriSpeech subset.
 
 Usage:
     python benchmarks/scoring.py [--trials data/samples/voxceleb1_trials/veri_test.txt]
         [--dim 512] [--crops 10] [--repeats 3]
+    python benchmarks/scoring.py --extract_model saved_models/av_disentangle/1 \
+        [--baseline_evaluate /tmp/old_evaluate.py] [--extract_repeats 3] [--batch_size 64]
+        [--baseline_batch_size 64]
 
 Measures, with random unit embeddings for every distinct utterance of the list:
   * vectorised numpy pair scoring (gather + einsum): 1 crop, and N crops both as the naive
     N x N crop-pair einsum (chunked) and as the equivalent dot of crop-averaged unit vectors;
   * EER + minDCF(0.01) + minDCF(0.05) from av_disentangle.metrics;
   * the Keras pair-scoring model through ``model.evaluate`` (what evaluate.py runs).
+
+With ``--extract_model``: ``verification.embed_files`` (decode, 10 crops x 2 s, embed) over the
+50 LibriSpeech utterances, median and best of ``--extract_repeats`` after a warm-up; with
+``--baseline_evaluate`` (an older evaluate.py, e.g. ``git show 778fdc0:evaluate.py``), its
+``embed_files`` is timed in the same process, alternating with ours, and the embeddings are
+compared.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -23,11 +33,14 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from av_disentangle import files
+from av_disentangle.constants import AUDIO_EXTENSIONS
+from av_disentangle.evaluation.trials import read_trials
+from av_disentangle.logs import quiet_tensorflow
+from av_disentangle.verification_metrics import compute_eer, compute_min_dcf, cosine_pair_scores
 
-from av_disentangle.metrics import compute_eer, compute_min_dcf, cosine_pair_scores  # noqa
+REPO = Path(__file__).resolve().parents[1]
+LIBRISPEECH = REPO / "data" / "samples" / "librispeech_subset"
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -50,6 +63,46 @@ def naive_crop_pair_scores(emb: np.ndarray, i1: np.ndarray, i2: np.ndarray,
     return out
 
 
+def _load_module(path: str, name: str):
+    """Imports a Python file as module `name` (an older evaluate.py kept outside the tree)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def extraction(model_path: str, baseline: str | None, repeats: int, batch_size: int,
+               baseline_batch_size: int) -> None:
+    """Utterances/s of embedding extraction (decode + crops + model) on LibriSpeech."""
+    from av_disentangle.evaluation import exported, verification
+
+    paths = [p.relative_to(LIBRISPEECH).as_posix()
+             for p in files.list_files(LIBRISPEECH, AUDIO_EXTENSIONS)]
+    runners = {"package": (verification.embed_files, exported.ExportedModel(model_path),
+                           batch_size)}
+    if baseline:
+        old = _load_module(baseline, "baseline_evaluate")
+        runners["baseline"] = (old.embed_files, old.ExportedModel(model_path),
+                               baseline_batch_size)
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    out = {}
+    for name, (embed, model, batch) in runners.items():  # warm-up: every batch shape once
+        embed(model, paths, LIBRISPEECH, 10, 2.0, batch)
+    for _ in range(repeats):  # alternate, so both see the same machine load
+        for name, (embed, model, batch) in runners.items():
+            t = time.perf_counter()
+            out[name], _ = embed(model, paths, LIBRISPEECH, 10, 2.0, batch)
+            rates[name].append(len(paths) / (time.perf_counter() - t))
+    for name, values in rates.items():
+        print(f"embedding extraction, {name:8s}: {len(paths)} utterances (10 crops x 2 s, "
+              f"--batch_size {runners[name][2]}): median {np.median(values):.1f} utt/s, best "
+              f"{max(values):.1f} over {repeats} runs")
+    if baseline:
+        diff = np.abs(out["package"] - out["baseline"]).max()
+        print(f"max |embedding difference| package vs baseline: {diff:.1e}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", default=str(REPO / "data/samples/voxceleb1_trials/veri_test.txt"))
@@ -57,21 +110,33 @@ def main() -> None:
     p.add_argument("--crops", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip_keras", action="store_true")
+    p.add_argument("--extract_model", help="exported SavedModel: time embedding extraction "
+                                           "instead of scoring")
+    p.add_argument("--baseline_evaluate", help="an older evaluate.py to time beside it")
+    p.add_argument("--extract_repeats", type=int, default=3)
+    p.add_argument("--batch_size", type=int, default=64, help="crops per model call")
+    p.add_argument("--baseline_batch_size", type=int,
+                   help="--batch_size of the baseline (default: the same)")
     args = p.parse_args()
+    quiet_tensorflow()  # before TensorFlow loads (the Keras and extraction parts)
+    if args.extract_model:
+        extraction(args.extract_model, args.baseline_evaluate, args.extract_repeats,
+                   args.batch_size, args.baseline_batch_size or args.batch_size)
+        return
 
     t = time.perf_counter()
-    rows = [ln.split() for ln in open(args.trials, encoding="utf-8") if ln.strip()]
-    labels = np.array([int(r[0]) for r in rows])
-    files = sorted({x for r in rows for x in r[1:]})
-    index = {f: i for i, f in enumerate(files)}
-    i1 = np.array([index[r[1]] for r in rows])
-    i2 = np.array([index[r[2]] for r in rows])
+    trials = read_trials(args.trials)
+    labels = np.array([t.label for t in trials])
+    utterances = sorted({p for t in trials for p in (t.path1, t.path2)})
+    index = {u: i for i, u in enumerate(utterances)}
+    i1 = np.array([index[t.path1] for t in trials])
+    i2 = np.array([index[t.path2] for t in trials])
     t_parse = time.perf_counter() - t
-    print(f"{len(rows)} trials ({labels.sum()} target), {len(files)} utterances, "
+    print(f"{len(trials)} trials ({labels.sum()} target), {len(utterances)} utterances, "
           f"D={args.dim}; parse {1e3 * t_parse:.1f} ms")
 
     rng = np.random.default_rng(0)
-    emb = rng.normal(size=(len(files), args.crops, args.dim)).astype(np.float32)
+    emb = rng.normal(size=(len(utterances), args.crops, args.dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
     emb1 = np.ascontiguousarray(emb[:, 0])
 
@@ -94,18 +159,14 @@ def main() -> None:
     print(f"total 1-crop scoring + metrics:                    {1e3 * (t1 + tmet):8.1f} ms")
 
     if not args.skip_keras:
-        import tensorflow as tf
-
-        import evaluate
+        from av_disentangle.evaluation.scoring import score_pairs
 
         for name, table in (("1 crop", emb1), (f"{args.crops} crops", emb)):
             t = time.perf_counter()
-            scores, logs = evaluate.score_pairs(table, table, i1, i2,
-                                                labels.astype(np.float32), 4096)
+            scores, logs = score_pairs(table, table, i1, i2, labels.astype(np.float32), 4096)
             dt = time.perf_counter() - t
             print(f"Keras model.evaluate, {name:9s} (incl. build/trace): {1e3 * dt:8.1f} ms"
                   f"   EER {100 * logs['eer']:.2f}%")
-        del tf
 
 
 if __name__ == "__main__":

@@ -1,13 +1,11 @@
-"""Tests for evaluate.py against a tiny stand-in SavedModel with the export contract.
-
-The stand-in's content streams are designed so that sync offsets are recoverable: a
-synthetic clip shows, in frame t, a 4x4 grid of grey levels v[t, k]; its audio holds the same
-16 values as 40-sample constant runs (640 samples per frame). Face content = centred 4x4 grid
-means, audio content = centred 40-sample run means, so the cosine is ~1 only when aligned.
+"""Tests for evaluate.py (`av_disentangle.evaluation`) against a tiny stand-in SavedModel with
+the export contract (tests/standin.py, fixture `standin_model` in conftest.py), whose content
+streams make sync offsets recoverable on the clips of `make_sync_clip`.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import wave
@@ -17,81 +15,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # evaluate.py is a script at the repo root
-    sys.path.insert(0, str(REPO))
+from av_disentangle.evaluation import (EvaluationError, cli, exported, scoring, sync, verification,
+                                       video)
+from av_disentangle.evaluation.trials import Trial, make_trials, read_trials
+from av_disentangle.verification_metrics import compute_eer
 
-import evaluate  # noqa: E402
-from av_disentangle.metrics import compute_eer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LIBRISPEECH = REPO / "data" / "samples" / "librispeech_subset"
-FACE = 32  # static face size of the stand-in's face_content signature
-D_ID = 8
-
-
-# === Stand-in SavedModel ===
-
-
-def _centre_normalise(x):
-    x = x - tf.reduce_mean(x, axis=-1, keepdims=True)
-    return tf.math.l2_normalize(x, axis=-1, epsilon=1e-9)
-
-
-class StandInModel(tf.Module):
-    """Fixed random projections of simple features, exposing the four serving signatures."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        rng = np.random.default_rng(0)
-        self.w_voice = tf.constant(rng.normal(size=(257, D_ID)).astype(np.float32))
-        self.w_face = tf.constant(rng.normal(size=(19, D_ID)).astype(np.float32))
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
-    def embed(self, waveform):
-        spec = tf.abs(tf.signal.stft(waveform, 400, 160, 512))  # (B, F, 257)
-        logspec = tf.reduce_mean(tf.math.log(spec + 1e-3), axis=1)
-        feat = logspec - tf.reduce_mean(logspec, axis=-1, keepdims=True)
-        return {"embedding": tf.math.l2_normalize(feat @ self.w_voice, axis=-1)}
-
-    @staticmethod
-    def _grid(frames):
-        g = tf.reduce_mean(tf.cast(frames, tf.float32), axis=-1)  # (B, T, H, W)
-        s = tf.shape(g)
-        g = tf.reshape(g, [s[0], s[1], 4, FACE // 4, 4, FACE // 4])
-        return tf.reshape(tf.reduce_mean(g, axis=[3, 5]), [s[0], s[1], 16])
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, FACE, FACE, 3], tf.uint8, name="frames")])
-    def embed_face(self, frames):
-        colour = tf.reduce_mean(tf.cast(frames, tf.float32), axis=[1, 2, 3]) / 255.0
-        grid = tf.reduce_mean(self._grid(frames), axis=1) / 255.0
-        feat = tf.concat([grid, colour], axis=-1)
-        return {"embedding": tf.math.l2_normalize(feat @ self.w_face, axis=-1)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
-    def content(self, waveform):
-        s = tf.shape(waveform)
-        steps = s[1] // 640
-        x = tf.reshape(waveform[:, :steps * 640], [s[0], steps, 16, 40])
-        return {"content": _centre_normalise(tf.reduce_mean(x, axis=-1))}
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, FACE, FACE, 3], tf.uint8, name="frames")])
-    def face_content(self, frames):
-        return {"content": _centre_normalise(self._grid(frames))}
-
-
-@pytest.fixture(scope="session")
-def standin_model(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("saved_models") / "standin" / "1"
-    module = StandInModel()
-    tf.saved_model.save(module, str(path), signatures={
-        "serving_default": module.embed,
-        "embed_face": module.embed_face,
-        "content": module.content,
-        "face_content": module.face_content,
-    })
-    return str(path)
+from standin import FACE  # the stand-in SavedModel; its fixture is in conftest.py
 
 
 # === Synthetic data ===
@@ -142,28 +74,28 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_read_trials_and_errors(tmp_path):
     good = tmp_path / "t.txt"
     good.write_text("1 a/x.wav a/y.wav\n\n# comment\n0 a/x.wav b/z.wav\n")
-    assert evaluate.read_trials(good) == [evaluate.Trial(1, "a/x.wav", "a/y.wav"),
-                                          evaluate.Trial(0, "a/x.wav", "b/z.wav")]
+    assert read_trials(good) == [Trial(1, "a/x.wav", "a/y.wav"),
+                                          Trial(0, "a/x.wav", "b/z.wav")]
     bad = tmp_path / "bad.txt"
     bad.write_text("1 a.wav b.wav\n0 a.wav b.wav\n2 a.wav b.wav\n")
-    with pytest.raises(evaluate.EvaluationError, match=r"bad\.txt:3:"):
-        evaluate.read_trials(bad)
+    with pytest.raises(EvaluationError, match=r"bad\.txt:3:"):
+        read_trials(bad)
     bad.write_text("1 a.wav\n")
-    with pytest.raises(evaluate.EvaluationError, match=r":1: expected"):
-        evaluate.read_trials(bad)
+    with pytest.raises(EvaluationError, match=r":1: expected"):
+        read_trials(bad)
 
 
 def test_read_real_voxceleb_trial_list():
-    trials = evaluate.read_trials(REPO / "data/samples/voxceleb1_trials/veri_test2.txt")
+    trials = read_trials(REPO / "data/samples/voxceleb1_trials/veri_test2.txt")
     assert len(trials) == 37611
-    assert trials[0] == evaluate.Trial(1, "id10270/x6uYqmx31kE/00001.wav",
+    assert trials[0] == Trial(1, "id10270/x6uYqmx31kE/00001.wav",
                                        "id10270/8jEAjG6SegY/00008.wav")
 
 
 def test_make_trials_librispeech(tmp_path):
     out = tmp_path / "ls.txt"
-    n = evaluate.make_trials(LIBRISPEECH, out)
-    trials = evaluate.read_trials(out)
+    n = make_trials(LIBRISPEECH, out)
+    trials = read_trials(out)
     assert n == len(trials) == 50 * 49 // 2
     assert sum(t.label for t in trials) == 5 * (10 * 9 // 2)
     assert all((t.path1.split("/")[0] == t.path2.split("/")[0]) == bool(t.label)
@@ -175,21 +107,21 @@ def test_make_trials_librispeech(tmp_path):
 
 def test_load_audio_flac_and_corrupt(tmp_path):
     flac = sorted(LIBRISPEECH.glob("*/*.flac"))[0]
-    wav = evaluate.load_audio(flac)
+    wav = verification.load_audio(flac)
     assert wav.dtype == np.float32 and wav.ndim == 1 and wav.size > 16000
     assert np.abs(wav).max() <= 1.0
     corrupt = tmp_path / "broken.wav"
     corrupt.write_bytes(b"RIFF\x00\x00garbage" * 10)
-    with pytest.raises(evaluate.EvaluationError, match="broken.wav"):
-        evaluate.load_audio(corrupt)
+    with pytest.raises(EvaluationError, match="broken.wav"):
+        verification.load_audio(corrupt)
 
 
 def test_crop_waveform():
     wav = np.arange(100, dtype=np.float32)
-    crops = evaluate.crop_waveform(wav, 3, 40)
+    crops = verification.crop_waveform(wav, 3, 40)
     assert crops.shape == (3, 40)
     assert crops[0, 0] == 0 and crops[-1, -1] == 99 and crops[1, 0] == 30
-    short = evaluate.crop_waveform(np.arange(10, dtype=np.float32), 2, 25)
+    short = verification.crop_waveform(np.arange(10, dtype=np.float32), 2, 25)
     np.testing.assert_array_equal(short[0], np.tile(np.arange(10), 3)[:25])
 
 
@@ -197,7 +129,7 @@ def test_crop_waveform():
 
 
 def _args(**kw):
-    ns = evaluate.build_parser().parse_args([])
+    ns = cli.build_parser().parse_args([])
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns
@@ -210,12 +142,12 @@ def test_verification_missing_files(standin_model, tone_root, tmp_path):
                       "1 spkA/gone.wav spkA/u2.wav\n")
     args = _args(model=standin_model, trials=str(trials), audio_root=str(tone_root),
                  num_crops=2, batch_size=8)
-    with pytest.raises(evaluate.EvaluationError, match=r"2 of \d+ audio files are missing.*"
+    with pytest.raises(EvaluationError, match=r"2 of \d+ audio files are missing.*"
                                                         r"spkA/gone.wav, spkB/nope.wav"):
-        evaluate.run_verification(args)
+        verification.run_verification(args)
     args.skip_missing = True
     args.scores_out = str(tmp_path / "scores.txt")
-    logs = evaluate.run_verification(args)
+    logs = verification.run_verification(args)
     kept = [ln.split() for ln in (tmp_path / "scores.txt").read_text().splitlines()]
     assert [p[1:] for p in kept] == [["1", "spkA/u0.wav", "spkA/u1.wav"],
                                      ["0", "spkA/u0.wav", "spkB/u2.wav"],
@@ -228,15 +160,15 @@ def test_verification_missing_files(standin_model, tone_root, tmp_path):
 
 def test_verification_scores_and_plot(standin_model, tone_root, tmp_path, capsys):
     trials = tmp_path / "t.txt"
-    evaluate.make_trials(tone_root, trials)  # 15 trials, 6 target
+    make_trials(tone_root, trials)  # 15 trials, 6 target
     scores_out, plot_out = tmp_path / "scores.txt", tmp_path / "det.png"
     args = _args(model=standin_model, trials=str(trials), audio_root=str(tone_root),
                  num_crops=3, batch_size=4, scores_out=str(scores_out),
                  plot_out=str(plot_out))
-    logs = evaluate.run_verification(args)
+    logs = verification.run_verification(args)
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1
-    assert summary[0] == evaluate.format_summary(logs)
+    assert summary[0] == scoring.format_summary(logs)
     assert summary[0].startswith("EER ") and "minDCF(0.01)" in summary[0]
 
     lines = scores_out.read_text().splitlines()
@@ -244,7 +176,7 @@ def test_verification_scores_and_plot(standin_model, tone_root, tmp_path, capsys
     parsed = [ln.split() for ln in lines]
     assert all(len(p) == 4 and p[1] in ("0", "1") for p in parsed)
     assert [(int(p[1]), p[2], p[3]) for p in parsed] == [
-        (t.label, t.path1, t.path2) for t in evaluate.read_trials(trials)]
+        (t.label, t.path1, t.path2) for t in read_trials(trials)]
     scores = np.array([float(p[0]) for p in parsed])
     labels = np.array([int(p[1]) for p in parsed])
     assert logs["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-3)
@@ -257,11 +189,11 @@ def test_verification_scores_and_plot(standin_model, tone_root, tmp_path, capsys
 def test_verification_corrupt_file_named(standin_model, tone_root, tmp_path):
     (tone_root / "spkB" / "u1.wav").write_bytes(b"not a wav file at all" * 20)
     trials = tmp_path / "t.txt"
-    evaluate.make_trials(tone_root, trials)
+    make_trials(tone_root, trials)
     args = _args(model=standin_model, trials=str(trials), audio_root=str(tone_root),
                  num_crops=2)
-    with pytest.raises(evaluate.EvaluationError, match=r"spkB/u1\.wav"):
-        evaluate.run_verification(args)
+    with pytest.raises(EvaluationError, match=r"spkB/u1\.wav"):
+        verification.run_verification(args)
 
 
 def test_cli_end_to_end_librispeech(standin_model, tmp_path):
@@ -279,6 +211,11 @@ def test_cli_end_to_end_librispeech(standin_model, tmp_path):
     r = run_cli("--model", standin_model, "--trials", str(small), "--audio_root",
                 str(LIBRISPEECH), "--num_crops", "4", "--scores_out", str(scores))
     assert r.returncode == 0, r.stderr
+    # A normal run shows no TensorFlow start-up noise (absl-style C++ log lines such as
+    # "E0000 ... cuInit failed" on machines without a GPU) and no stack trace.
+    noise = [ln for ln in r.stderr.splitlines()
+             if re.match(r"[EWIF]\d{4} ", ln) or "cuInit" in ln or "Traceback" in ln]
+    assert not noise, noise
     summary = [ln for ln in r.stdout.splitlines() if ln.startswith("EER ")]
     assert len(summary) == 1, r.stdout
     assert len(scores.read_text().splitlines()) == 45
@@ -286,6 +223,34 @@ def test_cli_end_to_end_librispeech(standin_model, tmp_path):
     r = run_cli("--model", standin_model, "--trials", str(small), "--audio_root",
                 str(tmp_path))
     assert r.returncode == 2 and "10 of 10 audio files are missing" in r.stderr
+
+
+# Measured with evaluate.py of commit 778fdc0 (before evaluate.py became the
+# av_disentangle.evaluation package, issue 13): the stand-in below (fixed seeded weights) on all
+# 1,225 pairs of the bundled LibriSpeech subset (225 target), README defaults (10 crops x 2 s).
+# The refactor (shared decoding, crops batched across files) must not move any of them.
+PINNED_LIBRISPEECH = {"eer": 0.29, "min_dcf_0.01": 0.7511111111111111,
+                      "min_dcf_0.05": 0.7511111111111111}
+PINNED_MEAN_SCORE = {1: 0.8179234799999999, 0: 0.548711841}  # per label, from --scores_out
+
+
+@pytest.mark.parametrize("batch_size", [None, 7])  # the default; 7 splits a file's crops
+def test_librispeech_verification_numbers_pinned(batch_size, standin_model, tmp_path):
+    trials, scores_out = tmp_path / "ls.txt", tmp_path / "scores.txt"
+    make_trials(LIBRISPEECH, trials)
+    args = _args(model=standin_model, trials=str(trials), audio_root=str(LIBRISPEECH),
+                 scores_out=str(scores_out))
+    if batch_size is not None:
+        args.batch_size = batch_size
+    logs = verification.run_verification(args)
+    for key, value in PINNED_LIBRISPEECH.items():
+        assert logs[key] == pytest.approx(value, abs=1e-6), key
+    rows = [ln.split() for ln in scores_out.read_text().splitlines()]
+    scores = np.array([float(r[0]) for r in rows])
+    labels = np.array([int(r[1]) for r in rows])
+    assert len(rows) == 1225 and labels.sum() == 225
+    for label, mean in PINNED_MEAN_SCORE.items():
+        assert scores[labels == label].mean() == pytest.approx(mean, abs=1e-6), label
 
 
 # === Sync and cross-modal ===
@@ -296,61 +261,16 @@ def test_sync_offsets_recovered(standin_model, tmp_path, capsys):
     videos.mkdir()
     make_sync_clip(videos / "clip0.mp4", seed=0)
     make_sync_clip(videos / "clip1.mp4", seed=1)
-    model = evaluate.ExportedModel(standin_model)
+    model = exported.ExportedModel(standin_model)
     assert model.face_size(112) == (FACE, FACE)
-    frames, audio = evaluate.load_video(videos / "clip0.mp4", (FACE, FACE))
+    frames, audio = video.load_face_clip(videos / "clip0.mp4", FACE, detect_faces=False)
     assert frames.shape == (75, FACE, FACE, 3) and audio.shape == (75 * 640,)
-    scores = evaluate.sync_offset_scores(model, frames, audio, max_offset=15, true_shift=5)
-    assert scores.shape == (31,) and int(np.argmax(scores)) - 15 == 5
+    [row] = sync.measure_video(model, "clip0", frames, audio, vshift=15, applied_offsets=[5])
+    assert row.mean_dists.shape == (31,) and row.av_offset == 5 and row.error == 0
 
-    result = evaluate.run_sync(_args(task="sync", model=standin_model, videos=str(videos)))
+    result = sync.run_sync(_args(task="sync", model=standin_model, videos=str(videos)))
     assert result["exact"] == 1.0 and result["n"] == 6
     assert "sync offset accuracy: exact 100.0%  within+-1 100.0%" in capsys.readouterr().out
-
-
-def _spy_on_score_pairs(monkeypatch) -> list:
-    """Records every score_pairs call's (scores, labels, idx1, idx2) and passes it through."""
-    calls = []
-    real = evaluate.score_pairs
-
-    def spy(table1, table2, idx1, idx2, labels, batch_size=1024):
-        scores, logs = real(table1, table2, idx1, idx2, labels, batch_size)
-        calls.append((scores, labels, idx1, idx2))
-        return scores, logs
-
-    monkeypatch.setattr(evaluate, "score_pairs", spy)
-    return calls
-
-
-def test_crossmodal_pairs_labels_and_eer(standin_model, tmp_path, capsys, monkeypatch):
-    """Every face segment against every voice segment; a pair is a target when both segments
-    come from the same clip (no --identities) or the same identity. 3 clips of 60 frames, 2
-    segments each: 6 x 6 = 36 pairs, 3 * 2^2 = 12 targets by clip, 4^2 + 2^2 = 20 with
-    c0, c1 = alice. The EER reported is the EER of those pairs' scores."""
-    calls = _spy_on_score_pairs(monkeypatch)
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(3):
-        make_sync_clip(videos / f"c{i}.mp4", n_frames=60, seed=10 + i)
-    logs = evaluate.run_crossmodal(_args(task="crossmodal", model=standin_model,
-                                         videos=str(videos), segment_seconds=1.0))
-    assert capsys.readouterr().out.startswith("EER ")
-    scores, labels, idx1, idx2 = calls[-1]
-    assert len(labels) == 36 and labels.sum() == 12
-    assert sorted(zip(idx1.tolist(), idx2.tolist())) == [(a, b) for a in range(6)
-                                                         for b in range(6)]
-    # Segments are in clip order, two per clip: a target iff the same clip.
-    np.testing.assert_array_equal(labels, (idx1 // 2 == idx2 // 2).astype(np.float32))
-    assert logs["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-6)
-
-    ids = tmp_path / "ids.csv"
-    ids.write_text("path,identity\nc0.mp4,alice\nc1.mp4,alice\nc2.mp4,bob\n")
-    logs = evaluate.run_crossmodal(_args(task="crossmodal", model=standin_model,
-                                         videos=str(videos), identities=str(ids)))
-    scores, labels, idx1, idx2 = calls[-1]
-    assert len(labels) == 36 and labels.sum() == 20
-    np.testing.assert_array_equal(labels, ((idx1 < 4) == (idx2 < 4)).astype(np.float32))
-    assert logs["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-6)
 
 
 # === Scoring ===
@@ -368,7 +288,7 @@ def test_score_pairs_known_scores_eer_and_min_dcf():
     labels = np.array([1, 1, 1, 0, 0, 0], np.float32)
     table1 = np.array([[1.0, 0.0]], np.float32)
     table2 = np.stack([cosines, np.sqrt(1 - cosines ** 2)], axis=1).astype(np.float32)
-    scores, logs = evaluate.score_pairs(table1, table2, np.zeros(6, int), np.arange(6), labels)
+    scores, logs = scoring.score_pairs(table1, table2, np.zeros(6, int), np.arange(6), labels)
     np.testing.assert_allclose(scores, cosines, atol=1e-6)
     assert logs["eer"] == pytest.approx(1 / 3, abs=1e-6)
     assert logs["min_dcf_0.01"] == pytest.approx(1 / 3, abs=1e-6)
@@ -377,7 +297,7 @@ def test_score_pairs_known_scores_eer_and_min_dcf():
     e1, e2 = [1.0, 0.0], [0.0, 1.0]
     crops1 = np.array([[e1, e2]], np.float32)  # cosines with e1: 1 and 0
     crops2 = np.array([[e1, e1], [e2, e2]], np.float32)
-    scores, _ = evaluate.score_pairs(crops1, crops2, np.zeros(2, int), np.arange(2),
+    scores, _ = scoring.score_pairs(crops1, crops2, np.zeros(2, int), np.arange(2),
                                      np.array([1, 0], np.float32))
     np.testing.assert_allclose(scores, [0.5, 0.5], atol=1e-6)
 
@@ -392,26 +312,55 @@ def test_score_pairs_good_embeddings_low_eer_shuffled_chance():
     idx1, idx2 = np.triu_indices(100, k=1)
     labels = (speakers[idx1] == speakers[idx2]).astype(np.float32)
     assert labels.sum() == 20 * 10
-    _, logs = evaluate.score_pairs(table.astype(np.float32), table.astype(np.float32),
+    _, logs = scoring.score_pairs(table.astype(np.float32), table.astype(np.float32),
                                    idx1, idx2, labels)
     assert logs["eer"] == 0.0
     shuffled = table[rng.permutation(100)].astype(np.float32)
-    _, logs = evaluate.score_pairs(shuffled, shuffled, idx1, idx2, labels)
+    _, logs = scoring.score_pairs(shuffled, shuffled, idx1, idx2, labels)
     assert 0.4 < logs["eer"] < 0.6
 
 
-def test_crop_faces_and_detect_on_grid():
-    frames = np.zeros((2, 40, 60, 3), np.uint8)
-    frames[:, 10:20, 30:40] = 200  # bright square centred at (35, 15), side 10
-    crop = evaluate.crop_faces(frames, (35, 15, 10), (8, 8))
-    assert crop.shape == (2, 8, 8, 3) and crop.min() == 200
+def test_face_clips_read_as_prepare_reads_them(tmp_path, monkeypatch):
+    """Evaluation reads video only through `pipelines.prepare.process_clip` (decode_clip, then
+    the tracked crop or the centre-square resize), with prepare's options: the frames equal
+    prepare's own output for the same file, and a non-square video is centre-cropped, not
+    stretched."""
+    from conftest import write_mp4
+    from pipelines import faces, media, prepare
+
+    calls = []
+    real_decode = media.decode_clip
+    monkeypatch.setattr(media, "decode_clip",
+                        lambda *a, **k: calls.append((a, k)) or real_decode(*a, **k))
+    # 64 x 32 frames: left and right quarters black, centre square white -> a centre crop is
+    # all white, a stretched resize would be half black.
+    frames = np.zeros((30, 32, 64, 3), np.uint8)
+    frames[:, :, 16:48] = 255
+    clip = tmp_path / "wide.mp4"
+    write_mp4(clip, frames, 0.1 * np.sin(np.arange(30 * 640) / 5.0), high_quality=True)
+    got, audio = video.load_face_clip(clip, 16, detect_faces=False)
+    assert got.shape == (30, 16, 16, 3) and audio.shape == (30 * 640,)
+    assert got[:, 2:-2, 2:-2].min() > 200
+    assert calls and calls[-1][1]["max_side"] is None
+    expected = prepare.process_clip(prepare.ClipSpec(str(clip), "wide", detect=False),
+                                    prepare.PrepareConfig(face_size=16, min_frames=1))
+    np.testing.assert_array_equal(got, expected.frames)
+    np.testing.assert_array_equal(audio, expected.audio.astype(np.float32) / 32768.0)
 
     grid = sorted((REPO / "data/samples/grid/lipnet_samples").glob("*.mpg"))[0]
-    frames, audio = evaluate.load_face_video(grid, (FACE, FACE), detect_faces=True,
-                                             max_seconds=1.0)
+    frames, audio = video.load_face_clip(grid, FACE, detect_faces=True, max_seconds=1.0)
     assert frames.shape == (25, FACE, FACE, 3) and audio.shape == (25 * 640,)
-    cx, cy, side = evaluate.detect_face_box(evaluate.load_video(grid, None, max_seconds=0.4)[0])
-    assert 100 < cx < 260 and 80 < cy < 240 and 80 < side < 288  # 360x288 frame, one face
+    assert calls[-1][1]["max_side"] == prepare.PrepareConfig().max_side
+    whole = prepare.process_clip(prepare.ClipSpec(str(grid), "grid", detect=True),
+                                 prepare.PrepareConfig(face_size=FACE, min_frames=1))
+    np.testing.assert_array_equal(frames, whole.frames[:25])  # tracked, as prepare crops it
+    boxes = faces.track_face(media.decode_clip(grid).frames[:10])
+    cx, cy, side = np.median(boxes, axis=0)
+    assert 100 < cx < 260 and 80 < cy < 240 and 80 / 1.6 < side < 288  # 360x288, one face
+    frame = np.zeros((40, 60, 3), np.uint8)
+    frame[10:20, 30:40] = 200  # bright square centred at (35, 15), side 10
+    crop = faces.crop_square(frame, 35, 15, 10, 8)
+    assert crop.shape == (8, 8, 3) and crop.min() == 200
 
 
 def test_audio_signature_with_sample_rate_input(tmp_path):
@@ -428,7 +377,7 @@ def test_audio_signature_with_sample_rate_input(tmp_path):
 
     module = WithRate()
     tf.saved_model.save(module, str(tmp_path / "m"), signatures={"serving_default": module.embed})
-    model = evaluate.ExportedModel(tmp_path / "m")
+    model = exported.ExportedModel(tmp_path / "m")
     emb = model.embed_waveforms(np.ones((2, 16000), np.float32))
     assert emb.shape == (2, 2)
     assert model.face_size(112) == (112, 112)  # no face_content signature: the default

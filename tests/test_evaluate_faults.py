@@ -1,16 +1,15 @@
 """evaluate.py under faults: bad files, bad paths, bad videos; and what it shows in TensorBoard.
 
-Each test runs `evaluate.main(argv)` in-process against a small stand-in SavedModel with the
-export contract (the real exported model's in-graph checks are tested in test_export.py).
+Each test runs `evaluate.py`'s `main(argv)` (`av_disentangle.evaluation.cli`) in-process
+against a small stand-in SavedModel with the export contract (the real exported model's
+in-graph checks are tested in test_export.py).
 """
 
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import struct
-import sys
 import wave
 from pathlib import Path
 
@@ -18,12 +17,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # evaluate.py is a script at the repo root
-    sys.path.insert(0, str(REPO))
+from av_disentangle.evaluation import EvaluationError, cli, verification
+from av_disentangle.evaluation.trials import make_trials
+from conftest import run_script
 
-import evaluate  # noqa: E402
-from conftest import run_script  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FACE = 16  # static face size of the stand-in's face signatures
 D = 8
@@ -119,7 +117,7 @@ def audio_root(tmp_path) -> Path:
 @pytest.fixture()
 def trials(audio_root, tmp_path) -> Path:
     path = tmp_path / "trials.txt"
-    evaluate.make_trials(audio_root, path)  # 15 trials, 3 target
+    make_trials(audio_root, path)  # 15 trials, 3 target
     return path
 
 
@@ -145,32 +143,43 @@ def videos(tmp_path_factory) -> Path:
     return root
 
 
-def error_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+def error_lines(captured) -> list[str]:
+    """The user-error lines of a run (`evaluate: error: <message>` on stderr, from
+    `av_disentangle.errors.run_cli`), as messages; `captured` = `capsys.readouterr()`."""
+    prefix = "evaluate: error: "
+    return [ln[len(prefix):] for ln in captured.err.splitlines() if ln.startswith(prefix)]
+
+
+def warning_lines(captured) -> list[str]:
+    """The messages of the WARNING log lines a run wrote to stderr (`setup_logging` replaces
+    the root handlers, pytest's log capture among them, so the lines are read back)."""
+    return [ln.split(": ", 1)[1] for ln in captured.err.splitlines()
+            if " WARNING " in ln and ": " in ln]
 
 
 # === Item 2: non-finite audio ===
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_audio_named(bad, model, audio_root, trials, caplog, capsys):
+def test_non_finite_audio_named(bad, model, audio_root, trials, capsys):
     x = (0.1 * np.sin(np.arange(20000) / 7)).astype(np.float32)
     x[12345] = bad
     write_float_wav(audio_root / "spkB" / "u1.wav", x)
-    with pytest.raises(evaluate.EvaluationError,
+    with pytest.raises(EvaluationError,
                        match=r"spkB/u1\.wav.*1 non-finite sample \(NaN or Inf\).*0\.77 s"):
-        evaluate.load_audio(audio_root / "spkB" / "u1.wav")
+        verification.load_audio(audio_root / "spkB" / "u1.wav")
 
     argv = ["--model", model, "--trials", str(trials), "--audio_root", str(audio_root),
             "--num_crops", "2"]
-    assert evaluate.main(argv) == 2
-    assert any("spkB/u1.wav" in e and "non-finite" in e for e in error_lines(caplog))
-    assert capsys.readouterr().out == ""
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert any("spkB/u1.wav" in e and "non-finite" in e for e in error_lines(captured))
+    assert captured.out == ""
 
-    caplog.clear()
-    assert evaluate.main(argv + ["--skip_missing"]) == 0
-    assert capsys.readouterr().out.startswith("EER ")
-    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert cli.main(argv + ["--skip_missing"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("EER ")
+    warnings = " ".join(warning_lines(captured))
     assert "1 of 6 audio files could not be used" in warnings and "spkB/u1.wav" in warnings
     assert "dropped 5 of 15 trials" in warnings
 
@@ -192,9 +201,9 @@ def _event_tags(logdir: Path) -> dict[str, list]:
 
 def test_verification_logdir_and_projector(model, audio_root, trials, tmp_path, capsys):
     logdir, projector = tmp_path / "logs", tmp_path / "projector"
-    assert evaluate.main(["--model", model, "--trials", str(trials), "--audio_root",
-                          str(audio_root), "--num_crops", "2", "--logdir", str(logdir),
-                          "--projector_out", str(projector)]) == 0
+    assert cli.main(["--model", model, "--trials", str(trials), "--audio_root",
+                     str(audio_root), "--num_crops", "2", "--logdir", str(logdir),
+                     "--projector_out", str(projector)]) == 0
     eer_line = capsys.readouterr().out.strip()
     tags = _event_tags(logdir)
     [(step, kind, image)] = tags["verification/det_curve"]
@@ -223,16 +232,19 @@ def test_verification_logdir_and_projector(model, audio_root, trials, tmp_path, 
 def test_sync_and_crossmodal_logdir(model, videos, tmp_path, capsys):
     good = tmp_path / "good"
     good.mkdir()
-    for i in range(2):
+    for i in range(3):
         os.symlink(videos / f"good{i}.mp4", good / f"good{i}.mp4")
+    ids = tmp_path / "ids.csv"  # cross-modal targets need another clip of the same identity
+    ids.write_text("good0.mp4,a\ngood1.mp4,a\ngood2.mp4,b\n")
     logdir = tmp_path / "logs"
-    assert evaluate.main(["--task", "sync", "--model", model, "--videos", str(good),
-                          "--max_offset", "3", "--shifts", "0,2", "--logdir",
-                          str(logdir)]) == 0
+    assert cli.main(["--task", "sync", "--model", model, "--videos", str(good),
+                     "--max_offset", "3", "--shifts", "0,2", "--logdir",
+                     str(logdir)]) == 0
     projector = tmp_path / "projector"
-    assert evaluate.main(["--task", "crossmodal", "--model", model, "--videos", str(good),
-                          "--segment_seconds", "0.6", "--logdir", str(logdir),
-                          "--projector_out", str(projector)]) == 0
+    assert cli.main(["--task", "crossmodal", "--model", model, "--videos", str(good),
+                     "--identities", str(ids),
+                     "--segment_seconds", "0.6", "--logdir", str(logdir),
+                     "--projector_out", str(projector)]) == 0
     tags = _event_tags(logdir)
     [(_, kind, image)] = tags["sync/offset_curve"]
     assert kind == "images" and image[2][:4] == b"\x89PNG"
@@ -241,84 +253,81 @@ def test_sync_and_crossmodal_logdir(model, videos, tmp_path, capsys):
     assert metadata[0] == "identity\tmodality\tsegment"
     assert sorted({m.split("\t")[1] for m in metadata[1:]}) == ["face", "voice"]
     rows = len((projector / "tensors.tsv").read_text().splitlines())
-    assert rows == len(metadata) - 1 == 2 * 2 * 2  # clips x segments x modalities
+    assert rows == len(metadata) - 1 == 3 * 2 * 2  # clips x segments x modalities
 
 
 # === Item 5: one line naming the file, exit 2 ===
 
 
-def test_model_folder_not_a_saved_model(model_root, trials, audio_root, tmp_path, caplog):
+def test_model_folder_not_a_saved_model(model_root, trials, audio_root, tmp_path, capsys):
     base = ["--trials", str(trials), "--audio_root", str(audio_root)]
-    assert evaluate.main(["--model", str(model_root), *base]) == 2
-    [msg] = error_lines(caplog)
+    assert cli.main(["--model", str(model_root), *base]) == 2
+    [msg] = error_lines(capsys.readouterr())
     assert str(model_root) in msg and "not a SavedModel" in msg
     assert "version folders 1, 3" in msg and f"--model {model_root / '3'}" in msg
 
-    caplog.clear()
     empty = tmp_path / "empty_model"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")
-    assert evaluate.main(["--model", str(empty), *base]) == 2
-    [msg] = error_lines(caplog)
+    assert cli.main(["--model", str(empty), *base]) == 2
+    [msg] = error_lines(capsys.readouterr())
     assert "not a SavedModel" in msg and "no version folders" in msg
 
-    caplog.clear()
     broken = tmp_path / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"\x00garbage")
-    assert evaluate.main(["--model", str(broken), *base]) == 2
-    [msg] = error_lines(caplog)
+    assert cli.main(["--model", str(broken), *base]) == 2
+    [msg] = error_lines(capsys.readouterr())
     assert str(broken) in msg and "cannot load" in msg and "\n" not in msg
 
 
-def test_missing_inputs_named(model, audio_root, tmp_path, caplog):
+def test_missing_inputs_named(model, audio_root, tmp_path, capsys):
     missing = tmp_path / "nope" / "trials.txt"
-    assert evaluate.main(["--model", model, "--trials", str(missing), "--audio_root",
-                          str(audio_root)]) == 2
-    [msg] = error_lines(caplog)
+    assert cli.main(["--model", model, "--trials", str(missing), "--audio_root",
+                     str(audio_root)]) == 2
+    [msg] = error_lines(capsys.readouterr())
     assert str(missing) in msg and "--trials" in msg and "not found" in msg
-    caplog.clear()
-    assert evaluate.main(["--task", "sync", "--model", model, "--videos",
-                          str(tmp_path / "novideos")]) == 2
-    [msg] = error_lines(caplog)
+    assert cli.main(["--task", "sync", "--model", model, "--videos",
+                     str(tmp_path / "novideos")]) == 2
+    [msg] = error_lines(capsys.readouterr())
     assert "novideos" in msg and "--videos" in msg
 
 
 @pytest.mark.parametrize("flag", ["--scores_out", "--plot_out"])
 def test_unwritable_outputs_checked_before_any_work(flag, model, trials, audio_root, tmp_path,
-                                                    caplog, monkeypatch):
+                                                    capsys, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(evaluate, "ExportedModel", no_work)
+    monkeypatch.setattr(verification, "ExportedModel", no_work)
     base = ["--model", model, "--trials", str(trials), "--audio_root", str(audio_root)]
     for target in (tmp_path / "no_such_dir" / "out.txt", tmp_path):  # missing folder, a folder
-        caplog.clear()
-        assert evaluate.main([*base, flag, str(target)]) == 2
-        [msg] = error_lines(caplog)
+        assert cli.main([*base, flag, str(target)]) == 2
+        [msg] = error_lines(capsys.readouterr())
         assert flag in msg and str(target) in msg
 
 
 def test_output_failure_after_the_work_keeps_the_summary(model, trials, audio_root, tmp_path,
-                                                          capsys, caplog, monkeypatch):
+                                                          capsys, monkeypatch):
     """If writing the scores fails anyway (folder removed, disk full), the EER line is already
     printed and the failure is one line, exit 2."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    real_score_pairs = evaluate.score_pairs
+    real_score_pairs = verification.score_pairs
 
     def score_then_remove_folder(*args, **kwargs):
         result = real_score_pairs(*args, **kwargs)
         out_dir.rmdir()
         return result
 
-    monkeypatch.setattr(evaluate, "score_pairs", score_then_remove_folder)
+    monkeypatch.setattr(verification, "score_pairs", score_then_remove_folder)
     scores = out_dir / "scores.txt"
-    assert evaluate.main(["--model", model, "--trials", str(trials), "--audio_root",
-                          str(audio_root), "--num_crops", "2", "--scores_out",
-                          str(scores)]) == 2
-    assert capsys.readouterr().out.startswith("EER ")
-    [msg] = error_lines(caplog)
+    assert cli.main(["--model", model, "--trials", str(trials), "--audio_root",
+                     str(audio_root), "--num_crops", "2", "--scores_out",
+                     str(scores)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("EER ")
+    [msg] = error_lines(captured)
     assert str(scores) in msg and "cannot write" in msg
 
 
@@ -328,38 +337,46 @@ def test_cli_one_line_exit_2(model_root):
                     "x.txt", "--audio_root", "."], timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
-    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("evaluate: error: ")]
     assert len(errors) == 1 and "x.txt" in errors[0] and "not found" in errors[0]
+    assert r.stderr.strip().splitlines() == errors, r.stderr[-2000:]  # no TensorFlow noise
+    r = run_script([str(REPO / "evaluate.py"), "--model", str(model_root), "--trials",
+                    "x.txt", "--audio_root", ".", "--verbose"], timeout=300)
+    assert r.returncode == 2 and "Traceback" in r.stderr  # --verbose: the stack trace too
 
 
 # === Item 6: unreadable videos are skipped with a report, or stop the run with --strict ===
 
 
 @pytest.mark.parametrize("task", ["sync", "crossmodal"])
-def test_bad_videos_skipped_with_report(task, model, videos, caplog, capsys):
+def test_bad_videos_skipped_with_report(task, model, videos, capsys, tmp_path):
+    ids = tmp_path / "ids.csv"  # every video needs an identity (checked before decoding)
+    ids.write_text("good0.mp4,a\ngood1.mp4,a\ngood2.mp4,b\nbad_empty.mp4,b\n"
+                   "bad_text.mp4,b\nbad_truncated.mp4,b\n")
     argv = ["--task", task, "--model", model, "--videos", str(videos), "--max_offset", "3",
-            "--shifts", "0", "--segment_seconds", "0.6"]
-    assert evaluate.main(argv) == 0
-    out = capsys.readouterr().out
+            "--shifts", "0", "--segment_seconds", "0.6", "--identities", str(ids)]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    out = captured.out
     assert "3 of 6 videos skipped (unreadable)" in out, out
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = warning_lines(captured)
     report = [w for w in warnings if "videos could not be read" in w]
     assert len(report) == 1
     assert all(name in report[0] for name in ("bad_empty.mp4", "bad_text.mp4",
                                               "bad_truncated.mp4"))
 
-    caplog.clear()
-    assert evaluate.main(argv + ["--strict"]) == 2
-    assert capsys.readouterr().out == ""
-    [msg] = error_lines(caplog)
+    assert cli.main(argv + ["--strict"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [msg] = error_lines(captured)
     assert "bad_empty.mp4" in msg and "--strict" in msg
 
 
-def test_all_videos_bad_is_an_error(model, videos, tmp_path, caplog):
+def test_all_videos_bad_is_an_error(model, videos, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("bad_empty.mp4", "bad_text.mp4"):
         os.symlink(videos / name, bad / name)
-    assert evaluate.main(["--task", "sync", "--model", model, "--videos", str(bad)]) == 2
-    [msg] = error_lines(caplog)
+    assert cli.main(["--task", "sync", "--model", model, "--videos", str(bad)]) == 2
+    [msg] = error_lines(capsys.readouterr())
     assert "none of the 2 videos" in msg and "bad_empty.mp4" in msg

@@ -1,0 +1,144 @@
+"""The `evaluate.py` command line: flags, then one library call per task.
+
+    python evaluate.py --model saved_models/<name>/<version> --trials LIST --audio_root DIR
+    python evaluate.py --task sync --model ... --videos DIR [--sync_csv FILE]
+    python evaluate.py --task crossmodal --model ... --videos DIR [--identities CSV]
+    python evaluate.py --make_trials ROOT --trials_out FILE
+
+Tasks: `verification.run_verification`, `sync.run_sync`, `crossmodal.run_crossmodal`; each
+takes the parsed flags, prints its summary line and returns its metrics. A user error is one
+line on stderr (`evaluate: error: ...`, exit 2) without a traceback; `--verbose` adds the
+traceback and TensorFlow's own messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Callable, Sequence
+
+from av_disentangle.errors import run_cli
+from av_disentangle.evaluation import EvaluationError
+from av_disentangle.logs import native_stderr_silenced, setup_logging
+
+DESCRIPTION = "Evaluate an exported av-disentangle SavedModel."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate", description=DESCRIPTION,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", choices=("verification", "sync", "crossmodal"),
+                   default="verification")
+    p.add_argument("--model", help="SavedModel directory (saved_models/<name>/<version>)")
+    g = p.add_argument_group("verification")
+    g.add_argument("--trials", help="trial list: 'label path1 path2' per line")
+    g.add_argument("--audio_root", help="directory the trial paths are relative to")
+    g.add_argument("--num_crops", type=int, default=10)
+    g.add_argument("--crop_seconds", type=float, default=2.0,
+                   help="crop length (at least 0.5 s, the export's shortest input)")
+    g.add_argument("--batch_size", type=int, default=64,
+                   help="crops per model call (crops of several files share a call)")
+    g.add_argument("--score_batch_size", type=int, default=4096, help="pairs per scoring step")
+    g.add_argument("--skip_missing", action="store_true",
+                   help="drop the trials of audio files that are missing, cannot be decoded "
+                        "or decode to NaN/Inf samples (reported by name) instead of failing")
+    g.add_argument("--scores_out", help="write 'score label path1 path2' per trial")
+    g.add_argument("--plot_out", help="PNG: DET curve and score histograms (verification, "
+                                      "crossmodal) or the offset curve (sync)")
+    g = p.add_argument_group("sync / crossmodal")
+    g.add_argument("--videos", help="directory of videos (mp4/mpg, searched recursively)")
+    g.add_argument("--face_size", type=int, default=112,
+                   help="face crop size if the SavedModel's face input shape is not static")
+    g.add_argument("--detect_faces", action="store_true",
+                   help="detect, track and crop the face as 'python -m pipelines.prepare "
+                        "--source videos' does (videos that are not face crops, such as GRID); "
+                        "default: whole frames, centre-cropped to a square and resized, as "
+                        "prepare does for VoxCeleb2 / --no_detect")
+    g.add_argument("--max_offset", type=int, default=15,
+                   help="sync: offsets searched, +-frames (SyncNet's vshift)")
+    g.add_argument("--shifts", default="0,5,-7",
+                   help="sync: AV offsets (frames) applied on purpose to each video, SyncNet's "
+                        "sign (+ = audio leads); 0 = the video as it is")
+    g.add_argument("--sync_csv", help="sync: write the per-video table (CSV: video, "
+                                      "applied_offset, av_offset, error, min_dist, confidence)")
+    g.add_argument("--max_seconds", type=float, default=10.0,
+                   help="use at most this much of each video")
+    g.add_argument("--identities", help="crossmodal: CSV 'path,identity' or a manifest TSV "
+                                        "(default: the folder layout)")
+    g.add_argument("--segments_per_clip", type=int, default=2)
+    g.add_argument("--segment_seconds", type=float, default=2.0)
+    g.add_argument("--forced_choice", type=int, default=10,
+                   help="crossmodal: '1 face, 2 voices' trials per face (0: off)")
+    g.add_argument("--max_pairs", type=int, default=0,
+                   help="crossmodal: at most this many target and non-target pairs (0: all)")
+    g.add_argument("--seed", type=int, default=0, help="crossmodal: seed of the trial sampling")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first video that cannot be read (default: skip it and "
+                        "report the count and names)")
+    g = p.add_argument_group("TensorBoard")
+    g.add_argument("--logdir", help="write the DET / offset curve image and the metrics to "
+                                    "the TensorBoard run <logdir>/evaluate (e.g. the training "
+                                    "run's <model_dir>/logs)")
+    g.add_argument("--projector_out", help="folder for TensorBoard's embedding projector: "
+                                           "speaker (or face and voice) embeddings with their "
+                                           "labels; view with tensorboard --logdir FOLDER")
+    g = p.add_argument_group("trial list builder")
+    g.add_argument("--make_trials", metavar="ROOT",
+                   help="write all pairs of ROOT/<speaker>/<utt>.<ext> to --trials_out")
+    g.add_argument("--trials_out")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, tracebacks and TensorFlow's own messages")
+    return p
+
+
+def task_function(task: str) -> Callable[[argparse.Namespace], dict[str, float]]:
+    """The library function that runs `--task`."""
+    if task == "sync":
+        from av_disentangle.evaluation.sync import run_sync
+
+        return run_sync
+    if task == "crossmodal":
+        from av_disentangle.evaluation.crossmodal import run_crossmodal
+
+        return run_crossmodal
+    from av_disentangle.evaluation.verification import run_verification
+
+    return run_verification
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Runs what the flags ask for; returns the task's metrics ({} for --make_trials).
+
+    Raises:
+        EvaluationError: bad flags or input (one line naming the file and the problem).
+    """
+    if args.make_trials:
+        from av_disentangle.evaluation.paths import check_output_file
+        from av_disentangle.evaluation.trials import make_trials
+
+        if not args.trials_out:
+            raise EvaluationError("--make_trials needs --trials_out")
+        if not os.path.isdir(args.make_trials):
+            raise EvaluationError(f"{args.make_trials}: --make_trials folder not found")
+        check_output_file(args.trials_out, "--trials_out")
+        make_trials(args.make_trials, args.trials_out)
+        return {}
+    if not args.model:
+        raise EvaluationError("--model is required")
+    return task_function(args.task)(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`evaluate.py`: 0, or 2 after a user error (one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)  # before TensorFlow loads: its C++ log level
+    with native_stderr_silenced(not args.verbose):  # start-up lines no log level hides
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the GPU platform start (cuInit) happens here
+
+    def evaluate(_: object) -> int:
+        run(args)
+        return 0
+
+    return run_cli(evaluate, "evaluate")

@@ -1,0 +1,112 @@
+"""An exported SavedModel's serving signatures as numpy functions (the contract is
+`av_disentangle.export`).
+
+Signatures (`tf.saved_model.load(path).signatures[...]`):
+  * `serving_default`: `waveform` float32 (B, S) 16 kHz mono, S >= `export.MIN_SAMPLES` (8,000
+    samples, 0.5 s) -> `embedding` (B, D) (a scalar int32 `sample_rate` input, if the signature
+    has one, is fed 16000)
+  * `embed_face`: `frames` uint8 (B, T, H, W, 3) RGB 25 fps -> `embedding` (B, D)
+  * `content`: `waveform` (B, S) -> `content` (B, T', D)
+  * `face_content`: `frames` (B, T, H, W, 3) -> `content` (B, T', D); T frames and T * 640
+    samples give the same T'.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from av_disentangle.constants import SAMPLE_RATE
+from av_disentangle.evaluation import EvaluationError
+
+
+def version_hint(folder: Path) -> str:
+    """What to pass instead of a model's base folder (TF Serving layout `<name>/<version>`)."""
+    versions = sorted((d.name for d in folder.iterdir()
+                       if d.is_dir() and d.name.isdigit() and (d / "saved_model.pb").is_file()),
+                      key=int)
+    if versions:
+        return (f"it holds version folders {', '.join(versions)}: pass one of them, e.g. "
+                f"--model {folder / versions[-1]}")
+    entries = sorted(d.name for d in folder.iterdir())
+    return ("and it has no version folders (<name>/<integer>/saved_model.pb)"
+            + (f"; it holds {', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}"
+               if entries else "; it is empty"))
+
+
+def model_step(model_path: str | os.PathLike) -> int:
+    """The model's version folder (`saved_models/<name>/<version>`) as the TensorBoard step, so
+    evaluations of successive exports line up; 0 when it is not an integer."""
+    name = Path(model_path).name
+    return int(name) if name.isdigit() else 0
+
+
+class ExportedModel:
+    """Thin wrapper over the four serving signatures of an exported SavedModel."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise EvaluationError(f"{path}: --model SavedModel folder not found")
+        if not any((folder / f).is_file() for f in ("saved_model.pb", "saved_model.pbtxt")):
+            raise EvaluationError(f"{path}: --model is not a SavedModel (no saved_model.pb); "
+                                  + version_hint(folder))
+        self.path = str(path)
+        try:
+            self._loaded = tf.saved_model.load(self.path)
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise EvaluationError(f"{path}: cannot load the SavedModel: {first[:300]}") from err
+        self.signatures = self._loaded.signatures
+
+    def require(self, *names: str) -> None:
+        """Raises EvaluationError now, before any decoding, if a signature is missing."""
+        for name in names:
+            self._signature(name)
+
+    def _signature(self, name: str):
+        if name not in self.signatures:
+            raise EvaluationError(
+                f"{self.path}: SavedModel has no '{name}' signature "
+                f"(has: {sorted(self.signatures.keys())})")
+        return self.signatures[name]
+
+    def _audio_call(self, name: str, waveforms: np.ndarray) -> dict:
+        """Calls an audio signature, adding `sample_rate` (int32 16000) if it takes one."""
+        fn = self._signature(name)
+        kwargs = {"waveform": tf.constant(waveforms, tf.float32)}
+        if "sample_rate" in fn.structured_input_signature[1]:
+            kwargs["sample_rate"] = tf.constant(SAMPLE_RATE, tf.int32)
+        return fn(**kwargs)
+
+    def face_size(self, default: int) -> tuple[int, int]:
+        """(H, W) from the static `face_content` input shape, else (default, default)."""
+        try:
+            spec = self._signature("face_content").structured_input_signature[1]["frames"]
+            h, w = spec.shape[2], spec.shape[3]
+        except (EvaluationError, KeyError, IndexError, TypeError):
+            h = w = None
+        if h is None or w is None:
+            return default, default
+        return int(h), int(w)
+
+    def embed_waveforms(self, waveforms: np.ndarray) -> np.ndarray:
+        """(B, S) float32 -> (B, D) speaker embeddings."""
+        return self._audio_call("serving_default", waveforms)["embedding"].numpy()
+
+    def embed_faces(self, frames: np.ndarray) -> np.ndarray:
+        """(B, T, H, W, 3) uint8 -> (B, D) face identity embeddings."""
+        out = self._signature("embed_face")(frames=tf.constant(frames, tf.uint8))
+        return out["embedding"].numpy()
+
+    def audio_content(self, waveforms: np.ndarray) -> np.ndarray:
+        """(B, S) float32 -> (B, T', D) audio content sequences."""
+        return self._audio_call("content", waveforms)["content"].numpy()
+
+    def face_content(self, frames: np.ndarray) -> np.ndarray:
+        """(B, T, H, W, 3) uint8 -> (B, T', D) face content sequences."""
+        out = self._signature("face_content")(frames=tf.constant(frames, tf.uint8))
+        return out["content"].numpy()

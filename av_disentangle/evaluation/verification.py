@@ -1,0 +1,217 @@
+"""Speaker verification of an exported model on a VoxCeleb-format trial list.
+
+Every distinct file is decoded once (`pipelines.media.decode_audio_file`), cut into
+`num_crops` evenly spaced crops of `crop_seconds`, and embedded crop by crop; the crops of
+consecutive files are batched together, `batch_size` crops per model call. A trial's score is
+the mean cosine over all crop pairs of its two files (`scoring.score_pairs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from av_disentangle.constants import SAMPLE_RATE
+from av_disentangle.evaluation import EvaluationError
+from av_disentangle.evaluation.exported import ExportedModel, model_step
+from av_disentangle.evaluation.paths import check_paths
+from av_disentangle.evaluation.plots import plot_det
+from av_disentangle.evaluation.reports import write_projector, write_scores, write_tensorboard
+from av_disentangle.evaluation.scoring import (check_both_classes, format_summary,
+                                               l2_normalise, score_pairs)
+from av_disentangle.evaluation.trials import read_trials
+from av_disentangle.export import MIN_SAMPLES
+from pipelines.media import MediaError, decode_audio_file
+
+logger = logging.getLogger(__name__)
+
+
+def load_audio(path: str | os.PathLike) -> np.ndarray:
+    """Decodes any FFmpeg-readable audio (or a video's audio) to mono float32 at 16 kHz with
+    `pipelines.media.decode_audio_file` (float samples, so that NaN/Inf in a float file are
+    seen and reported instead of being turned into full-scale clicks).
+
+    Returns:
+        (S,) float32 waveform in [-1, 1].
+
+    Raises:
+        EvaluationError: naming the file, if it cannot be decoded, has no audio or decodes to
+            NaN/Inf samples.
+    """
+    try:
+        wav = decode_audio_file(str(path), sample_format="flt")
+    except MediaError as err:
+        raise EvaluationError(f"cannot decode audio file {err}") from err
+    bad = np.flatnonzero(~np.isfinite(wav))
+    if bad.size:  # a float file or a broken decoder; the model would embed garbage
+        raise EvaluationError(
+            f"{path}: audio decodes to {bad.size} non-finite sample{'s' * (bad.size > 1)} "
+            f"(NaN or Inf) of {wav.size}, first at {bad[0] / SAMPLE_RATE:.2f} s")
+    return np.clip(wav, -1.0, 1.0)
+
+
+def crop_waveform(wav: np.ndarray, num_crops: int, crop_samples: int) -> np.ndarray:
+    """Evenly spaced crops of a waveform.
+
+    Args:
+        wav: (S,) waveform.
+        num_crops: N.
+        crop_samples: L; shorter waveforms are first padded by repeating themselves.
+
+    Returns:
+        (N, L) float32 crops (first crop at the start, last one ending at the end).
+    """
+    if wav.shape[0] == 0:
+        raise ValueError("empty waveform")
+    if wav.shape[0] < crop_samples:
+        wav = np.tile(wav, int(np.ceil(crop_samples / wav.shape[0])))[:crop_samples]
+    starts = np.linspace(0, wav.shape[0] - crop_samples, num_crops).astype(np.int64)
+    return np.stack([wav[s:s + crop_samples] for s in starts]).astype(np.float32)
+
+
+def embed_in_batches(model: ExportedModel, crops: Iterable[np.ndarray], batch_size: int
+                     ) -> np.ndarray:
+    """Embeds a stream of crop arrays with exactly `batch_size` crops per model call (the last
+    call takes the rest), however the crops are split among the arrays.
+
+    Args:
+        crops: arrays (n_i, L) float32, e.g. the crops of consecutive files.
+
+    Returns:
+        (sum n_i, D) float32 embeddings in input order.
+    """
+    out: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    held = 0
+    for block in crops:
+        pending.append(block)
+        held += block.shape[0]
+        while held >= batch_size:
+            joined = np.concatenate(pending)
+            out.append(model.embed_waveforms(joined[:batch_size]))
+            rest = joined[batch_size:]
+            pending, held = ([rest] if rest.shape[0] else []), rest.shape[0]
+    if held:
+        out.append(model.embed_waveforms(np.concatenate(pending)))
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def embed_files(model: ExportedModel, paths: Sequence[str], audio_root: str | os.PathLike,
+                num_crops: int = 10, crop_seconds: float = 2.0, batch_size: int = 64,
+                skip_bad: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+    """Embeds each file once as `num_crops` crops, `batch_size` crops per model call (crops of
+    several files share a call).
+
+    Args:
+        paths: F distinct paths relative to `audio_root` (or absolute).
+        crop_seconds: at least `export.MIN_SAMPLES` / 16000 = 0.5 s, the shortest input the
+            exported model accepts.
+        batch_size: crops per model call.
+        skip_bad: leave out a file that cannot be decoded or decodes to NaN/Inf (instead of
+            raising EvaluationError naming it).
+
+    Returns:
+        `(embeddings, bad)`: (F', N, D) float32 crop embeddings of the F' usable files in
+        the order of `paths`, and {path: reason} for the files left out.
+    """
+    crop_samples = int(round(crop_seconds * SAMPLE_RATE))
+    if crop_samples < MIN_SAMPLES:
+        raise EvaluationError(f"--crop_seconds must be at least {MIN_SAMPLES / SAMPLE_RATE} "
+                              f"(the exported model needs >= {MIN_SAMPLES} samples)")
+    if num_crops < 1 or batch_size < 1:
+        raise EvaluationError("--num_crops and --batch_size must be at least 1")
+    bad: dict[str, str] = {}
+
+    def file_crops() -> Iterator[np.ndarray]:
+        for p in tqdm(paths, desc="embedding", unit="file", mininterval=1.0):
+            try:
+                wav = load_audio(os.path.join(audio_root, p))
+            except EvaluationError as err:
+                if not skip_bad:
+                    raise EvaluationError(f"{err} (--skip_missing drops the trials of files "
+                                          "that cannot be used)") from err
+                bad[p] = str(err)
+                continue
+            yield crop_waveform(wav, num_crops, crop_samples)
+
+    emb = embed_in_batches(model, file_crops(), batch_size)
+    if emb.shape[0] == 0:
+        raise EvaluationError(f"none of the {len(paths)} audio files could be used, e.g. "
+                              f"{next(iter(bad.values()), '')}")
+    return emb.reshape(-1, num_crops, emb.shape[-1]), bad
+
+
+def run_verification(args: argparse.Namespace) -> dict[str, float]:
+    """Verification task; returns the metric logs and prints the summary line.
+
+    Reads from `args` (the `evaluate.py` flags): model, trials, audio_root, num_crops,
+    crop_seconds, batch_size, score_batch_size, skip_missing, scores_out, plot_out, logdir,
+    projector_out. Order: all paths checked, trials read, model loaded, files embedded, pairs
+    scored, the summary printed, and only then the outputs written (each atomically).
+    """
+    if not args.trials or not args.audio_root:
+        raise EvaluationError("--task verification needs --trials and --audio_root")
+    check_paths(args)
+    trials = read_trials(args.trials)
+    distinct = sorted({p for t in trials for p in (t.path1, t.path2)})
+    missing = [p for p in distinct if not os.path.isfile(os.path.join(args.audio_root, p))]
+    if missing:
+        if not args.skip_missing:
+            raise EvaluationError(
+                f"{len(missing)} of {len(distinct)} audio files are missing under "
+                f"{args.audio_root}, e.g. {', '.join(missing[:5])} "
+                "(use --skip_missing to drop their trials)")
+        gone = set(missing)
+        before = len(trials)
+        trials = [t for t in trials if t.path1 not in gone and t.path2 not in gone]
+        logger.warning("--skip_missing: %d missing files, dropped %d of %d trials",
+                       len(missing), before - len(trials), before)
+        if not trials:
+            raise EvaluationError("no trials left after dropping missing files")
+        distinct = sorted({p for t in trials for p in (t.path1, t.path2)})
+    logger.info("%d trials over %d distinct files", len(trials), len(distinct))
+
+    model = ExportedModel(args.model)
+    model.require("serving_default")
+    emb, bad = embed_files(model, distinct, args.audio_root, args.num_crops, args.crop_seconds,
+                           args.batch_size, skip_bad=args.skip_missing)
+    if bad:
+        before = len(trials)
+        trials = [t for t in trials if t.path1 not in bad and t.path2 not in bad]
+        logger.warning("--skip_missing: %d of %d audio files could not be used, dropped %d of "
+                       "%d trials: %s%s", len(bad), len(distinct), before - len(trials), before,
+                       "; ".join(list(bad.values())[:5]),
+                       f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        if not trials:
+            raise EvaluationError("no trials left after dropping the files that cannot be used")
+        distinct = [p for p in distinct if p not in bad]
+    index = {p: i for i, p in enumerate(distinct)}
+    idx1 = np.array([index[t.path1] for t in trials])
+    idx2 = np.array([index[t.path2] for t in trials])
+    labels = np.array([t.label for t in trials], dtype=np.float32)
+    check_both_classes(labels, "trial list")
+    scores, logs = score_pairs(emb, emb, idx1, idx2, labels, args.score_batch_size)
+    print(format_summary(logs), flush=True)  # before any output file: never lost
+
+    if args.scores_out:
+        write_scores(args.scores_out, scores, trials)
+    if args.plot_out or args.logdir:
+        png = plot_det(args.plot_out, scores, labels,
+                       title=f"Speaker verification ({Path(args.trials).name}, "
+                             f"{len(trials)} trials): {format_summary(logs)}")
+        if args.logdir:
+            write_tensorboard(args.logdir, "verification", model_step(args.model), logs,
+                              {"det_curve": png})
+    if args.projector_out:
+        write_projector(args.projector_out, l2_normalise(emb.mean(axis=1)),
+                        ("speaker", "file"), [(Path(p).parts[0], p) for p in distinct],
+                        "speaker_embeddings")
+    return logs
