@@ -7,7 +7,7 @@ Layout of a backup folder (`<model_dir>/backup`):
                               SHA-256; written only after the file it names is complete
   latest.weights.h5           a hard link to the newest generation (for tools; not used to resume)
 
-Every file is written to a hidden temp name (`.tmp-<pid>-<name>`), flushed to disk and renamed,
+Every file is written to a hidden temp name (`.tmp-<pid>-<name>...`), flushed to disk and renamed,
 so a file with its final name is always complete. A resume tries the generations newest first
 and falls back to the previous one, with a warning naming the file, when the newest is missing,
 fails its checksum or does not load.
@@ -18,14 +18,13 @@ ends with `optimizer.iterations == epochs * steps_per_epoch`.
 
 Fault injection (tests only): `AV_DISENTANGLE_FAULT=<point>:<n>` kills the process with SIGKILL
 the n-th time it reaches `<point>`; points ending in `.half` first cut the file being written
-to half its size (the state a kill in the middle of the write leaves). See `FAULT_POINTS`.
+to half its size (the state a kill in the middle of the write leaves). Implemented in
+`av_disentangle.files` (`fault_point`, `write_atomic_with`).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -33,131 +32,61 @@ import math
 import os
 import re
 import shutil
-import signal
-import sys
-from typing import Any, Callable
+from typing import Callable
 
 import keras
 import tensorflow as tf
 
+from av_disentangle import files
+from av_disentangle.errors import UserError
+
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "AV_DISENTANGLE_FAULT"
 METADATA = "training_metadata.json"
 LATEST = "latest.weights.h5"
 _GENERATION = re.compile(r"^step-(\d{9})\.weights\.h5$")
 
 
-# === Fault injection (tests) ===
-_fault_counts: collections.Counter = collections.Counter()
-
-
-def fault_point(name: str, path: str | None = None) -> None:
-    """Kills this process (SIGKILL) if `AV_DISENTANGLE_FAULT` names `name` and this is its n-th
-    visit. With `path`, the file is first cut to half its size (a write killed midway)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    point, _, nth = spec.rpartition(":")
-    if point != name:
-        return
-    _fault_counts[name] += 1
-    if _fault_counts[name] != int(nth):
-        return
-    if path is not None and os.path.isfile(path):
-        with open(path, "r+b") as f:
-            f.truncate(os.path.getsize(path) // 2)
-            os.fsync(f.fileno())
-    sys.stderr.write(f"fault injection: SIGKILL at {name}:{nth}\n")
-    sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-# === Atomic writes ===
-def temp_path(path: str) -> str:
-    """Hidden temp name beside `path`, keeping its suffix (Keras needs `.weights.h5`)."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: str, write: Callable[[str], Any], fault: str | None = None) -> None:
-    """Calls `write(temp)`, flushes the temp file to disk and renames it to `path`.
-
-    `fault` names the fault points `<fault>.half` (temp cut in half), `<fault>.written`
-    (complete, before the rename) and `<fault>.renamed` (after the rename)."""
-    tmp = temp_path(path)
-    try:
-        write(tmp)
-        if fault:
-            fault_point(f"{fault}.half", tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if fault:
-            fault_point(f"{fault}.written")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(path))
-    if fault:
-        fault_point(f"{fault}.renamed")
-
-
-def write_json_atomic(path: str, obj: Any, fault: str | None = None) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-    write_atomic(path, write, fault)
+# === Fault injection and atomic writes: one implementation, in `av_disentangle.files` ===
+FAULT_ENV = files.FAULT_ENV
+fault_point = files.fault_point
+temp_path = files.temp_path
+write_json_atomic = files.write_json_atomic
+remove_stale_temps = files.remove_stale_temps
 
 
 def save_weights_atomic(model: keras.Model, path: str, fault: str | None = None) -> None:
     """`model.save_weights(path)` (model and optimizer variables), atomically."""
-    write_atomic(path, lambda tmp: model.save_weights(tmp), fault)
+    files.write_atomic_with(path, model.save_weights, fault=fault, keep_suffix=True)
 
 
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def remove_stale_temps(folder: str) -> None:
-    """Removes temp files a killed process left in `folder` (one writer per folder)."""
-    for stale in glob.glob(os.path.join(folder, ".tmp-*")):
-        log.info("removing a temp file left by an interrupted write: %s", stale)
-        if os.path.isdir(stale):
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.remove(stale)
-
-
 def prepare_run_dir(model_dir: str) -> None:
-    """Creates `model_dir` and removes temp files an interrupted run left in it."""
-    os.makedirs(model_dir, exist_ok=True)
+    """Creates `model_dir` (local or remote) and removes temp files an interrupted run left in
+    it (local folders: a remote write removes its own temp file unless the process is killed)."""
+    tf.io.gfile.makedirs(model_dir)
     for folder in (model_dir, os.path.join(model_dir, "checkpoints")):
         if os.path.isdir(folder):
             remove_stale_temps(folder)
 
 
 def read_json(path: str) -> dict | None:
-    """The JSON object in `path`, None if missing; ValueError naming the file if damaged."""
-    if not os.path.exists(path):
+    """The JSON object in `path` (local or remote), None if missing; ValueError naming the file
+    if damaged."""
+    if not tf.io.gfile.exists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
+        with tf.io.gfile.GFile(path) as f:
             value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is damaged ({e})") from e
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f"{path} is damaged ({getattr(e, 'message', None) or e})") from e
     if not isinstance(value, dict):
         raise ValueError(f"{path} is damaged (not a JSON object)")
     return value
@@ -175,8 +104,9 @@ class Generation:
     sha256: str | None = None
 
 
-class BackupError(Exception):
-    """No usable backup although the backup folder holds some."""
+class BackupError(UserError):
+    """No usable backup although the backup folder holds some (the message names the files;
+    the user moves the folder away or picks another --model_dir)."""
 
 
 class CrashSafeBackup(keras.callbacks.Callback):
@@ -215,7 +145,8 @@ class CrashSafeBackup(keras.callbacks.Callback):
         except ValueError as e:
             log.warning("%s; looking for backups by file name", e)
             meta = None
-            names = sorted((n for n in os.listdir(self.backup_dir) if _GENERATION.match(n)),
+            names = sorted((n for n in tf.io.gfile.listdir(self.backup_dir)
+                            if _GENERATION.match(n)),
                            reverse=True)
             return [Generation(n, int(_GENERATION.match(n).group(1)), -1, -1) for n in names]
         if meta is None:
@@ -229,7 +160,7 @@ class CrashSafeBackup(keras.callbacks.Callback):
 
         Returns the restored step (0 when there is no backup). Raises BackupError when backups
         exist but none loads."""
-        if not os.path.isdir(self.backup_dir):
+        if not tf.io.gfile.isdir(self.backup_dir):
             return 0
         remove_stale_temps(self.backup_dir)
         candidates = self._candidates()
@@ -270,7 +201,7 @@ class CrashSafeBackup(keras.callbacks.Callback):
 
     @staticmethod
     def _check(gen: Generation, path: str) -> str | None:
-        if not os.path.isfile(path):
+        if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
             return "the file is missing"
         if gen.sha256 and sha256_file(path) != gen.sha256:
             return "its SHA-256 does not match the metadata (truncated or modified)"
@@ -281,7 +212,7 @@ class CrashSafeBackup(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         if step == self._last_saved_step:
             return
-        os.makedirs(self.backup_dir, exist_ok=True)
+        tf.io.gfile.makedirs(self.backup_dir)
         name = f"step-{step:09d}.weights.h5"
         path = os.path.join(self.backup_dir, name)
         save_weights_atomic(self.model, path, fault="backup.weights")
@@ -296,14 +227,18 @@ class CrashSafeBackup(keras.callbacks.Callback):
         self._last_saved_step = step
         self._link_latest(path)
         keep = {g.weights for g in generations}
-        for old in os.listdir(self.backup_dir):
+        for old in tf.io.gfile.listdir(self.backup_dir):
             if _GENERATION.match(old) and old not in keep:
-                os.remove(os.path.join(self.backup_dir, old))
+                tf.io.gfile.remove(os.path.join(self.backup_dir, old))
         fault_point("backup.cleaned")
 
     def _link_latest(self, path: str) -> None:
         latest = os.path.join(self.backup_dir, LATEST)
         tmp = temp_path(latest)
+        if files.is_remote(latest):  # object stores have no links: a copy
+            tf.io.gfile.copy(path, tmp, overwrite=True)
+            tf.io.gfile.rename(tmp, latest, overwrite=True)
+            return
         if os.path.exists(tmp):
             os.remove(tmp)
         try:
@@ -346,7 +281,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             return
-        os.makedirs(self.folder, exist_ok=True)
+        tf.io.gfile.makedirs(self.folder)
         path = os.path.join(self.folder, f"epoch-{epoch + 1:03d}.weights.h5")
         save_weights_atomic(self.model, path, fault="epoch_checkpoint")
 
@@ -388,7 +323,10 @@ def resumable_fit(model: keras.Model, make_dataset: Callable[[int], tf.data.Data
                   epochs=epochs, steps_per_epoch=steps,
                   callbacks=callbacks + ([_StopAtEpochEnd()] if partial else []),
                   validation_data=validation_data, validation_steps=validation_steps,
-                  verbose=verbose)
+                  verbose=verbose,
+                  # a tf.data input shuffles itself; fit's default shuffle=True only warns
+                  # (keras/src/trainers/data_adapters/__init__.py:69, Keras 3.15)
+                  shuffle=False)
         expected = step + steps * (1 if partial else epochs - epoch)
         step = int(model.optimizer.iterations.numpy())
         if step != expected:
@@ -408,5 +346,6 @@ def read_export_record(model_dir: str) -> dict | None:
 
 def write_export_record(model_dir: str, export_dir: str, step: int, weights_sha256: str) -> None:
     write_json_atomic(os.path.join(model_dir, "export.json"),
-                      {"export_dir": os.path.abspath(export_dir), "step": step,
+                      {"export_dir": export_dir if files.is_remote(export_dir)
+                       else os.path.abspath(export_dir), "step": step,
                        "weights_sha256": weights_sha256}, fault="export_record")

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-from typing import Any, Literal
+from typing import Any
 
-DisentangleMode = Literal["confusion", "adversarial", "grl", "none"]
 DISENTANGLE_MODES: tuple[str, ...] = ("confusion", "adversarial", "grl", "none")
+FACE_IDENTITY_POOLINGS: tuple[str, ...] = ("random_step", "mean")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+
+
+def field(default: Any, help: str, choices: tuple | None = None, **metadata: Any) -> Any:
+    """A dataclass field whose flag (see `add_flags`) gets this help text and choice list.
+
+    Extra `metadata`: `type` (flag type when `default` is None), `const` (the value of the bare
+    flag, e.g. `--verbose` alone), `flag` (False: no flag for this field)."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "choices": choices, **metadata})
+
+
+def check_choice(config: Any, name: str) -> None:
+    """ValueError unless `config.<name>` is one of its field's `choices`."""
+    choices = next(f for f in dataclasses.fields(config) if f.name == name).metadata["choices"]
+    if getattr(config, name) not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {getattr(config, name)!r}")
 
 
 # === Model ===
@@ -97,22 +115,23 @@ class LossConfig:
         (default: per-replica negatives, as on one GPU of the reference code).
     """
 
-    content_weight: float = 1.0
-    identity_weight: float = 1.0
-    disentangle_weight: float = 0.5
-    disentangle: str = "confusion"
-    grl_scale: float = 1.0
-    symmetric_identity: bool = False
-    face_identity_pooling: str = "random_step"
-    gather_negatives: bool = False
+    content_weight: float = field(1.0, "a_c, weight of the content (synchronisation) loss")
+    identity_weight: float = field(1.0, "a_i, weight of the identity (face-voice) loss")
+    disentangle_weight: float = field(0.5, "a_d, weight of the disentanglement loss")
+    disentangle: str = field("confusion", "how content and identity are kept apart",
+                             choices=DISENTANGLE_MODES)
+    grl_scale: float = field(1.0, "lambda of the gradient-reversal layer (--disentangle grl)")
+    symmetric_identity: bool = field(False, "also match voice -> face in the identity loss")
+    face_identity_pooling: str = field("random_step", "face identity from one random time "
+                                       "step (reference code) or the time mean",
+                                       choices=FACE_IDENTITY_POOLINGS)
+    gather_negatives: bool = field(False, "all-gather identity embeddings across replicas: "
+                                   "negatives from the whole global batch instead of each "
+                                   "replica's slice")
 
     def __post_init__(self) -> None:
-        if self.disentangle not in DISENTANGLE_MODES:
-            raise ValueError(f"disentangle must be one of {DISENTANGLE_MODES}, "
-                             f"got {self.disentangle!r}")
-        if self.face_identity_pooling not in ("random_step", "mean"):
-            raise ValueError("face_identity_pooling must be 'random_step' or 'mean', got "
-                             f"{self.face_identity_pooling!r}")
+        check_choice(self, "disentangle")
+        check_choice(self, "face_identity_pooling")
         for name in ("content_weight", "identity_weight", "disentangle_weight", "grl_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -131,3 +150,80 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known: {sorted(names)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**kwargs)
+
+
+# === Training ===
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Reference code (github joonson/syncnet_trainer): SGD, momentum
+    0.9, weight decay 1e-5 (SyncNetDist.py:33), lr 1e-3 (trainSyncNet.py:37) x0.95
+    (trainSyncNet.py:38, applied at :138) after every epoch of 100,000 tracks
+    (trainSyncNet.py:24, `nTrainPerEpoch`) in batches of 30 (:23): every 3,333 steps.
+    TensorFlow-free (`train.py --help` imports it); `training.py` re-exports it.
+
+    Attributes:
+      lr_decay_steps: optimizer steps between two x`lr_decay_rate` decays, independent of
+        `steps_per_epoch` (which only sets how often Keras logs, validates and backs up). The
+        reference counts tracks (100,000 per decay); the default 3,333 steps is that at its
+        batch of 30 tracks. With another `batch_tracks`, pass 100000 // batch_tracks to decay
+        after the same number of tracks (e.g. 1,666 at 60).
+      weight_decay: PyTorch-style (coupled, L2) weight decay on every trainable variable,
+        BatchNorm gammas/betas and similarity scales/biases included, as torch.optim.SGD's
+        `weight_decay` on `self.parameters()` in the reference; see `CoupledDecaySGD`.
+    """
+
+    epochs: int = field(10, "epochs to train (a rerun with more epochs continues the run)")
+    steps_per_epoch: int = field(50, "optimizer steps per epoch (logging, validation, backup)")
+    batch_tracks: int = field(8, "global batch of distinct tracks; negatives are per replica")
+    window_frames: int = field(25, "video frames per window at 25 fps (reference: 50)")
+    optimizer: str = field("sgd", "SGD with momentum 0.9 (reference) or Adam",
+                           choices=OPTIMIZERS)
+    learning_rate: float = field(1e-3, "initial learning rate")
+    lr_decay_rate: float = field(0.95, "multiply the learning rate by this every "
+                                 "--lr_decay_steps steps")
+    lr_decay_steps: int = field(3333, "steps between learning-rate decays, whatever "
+                                "--steps_per_epoch is; the reference decays every 100,000 "
+                                "tracks (3,333 steps of 30): for the same per-track schedule "
+                                "pass 100000 // --batch_tracks")
+    weight_decay: float = field(1e-5, "PyTorch-style (L2, through momentum) weight decay on "
+                                "all trainable variables, as the reference's SGD")
+    seed: int = field(0, "seed of the weights, the data order and the windows")
+
+    def __post_init__(self) -> None:
+        check_choice(self, "optimizer")
+        for name in ("epochs", "steps_per_epoch", "batch_tracks", "lr_decay_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.window_frames < 10:
+            raise ValueError(f"window_frames must be >= 10 (0.4 s), got {self.window_frames}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f"lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+# === Flags generated from the dataclasses (each default and choice written once) ===
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
+    """One `--<field>` flag per field of the dataclass `cls` (fields made with `field`), with
+    its default, type, choices and help. Booleans are `--x` / `--no-x`."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("flag", True) is False or "help" not in meta:
+            continue
+        if isinstance(f.default, bool):
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
+                                default=f.default, help=meta["help"])
+            continue
+        kwargs = {"nargs": "?", "const": meta["const"]} if "const" in meta else {}
+        parser.add_argument(f"--{f.name}", type=meta.get("type") or type(f.default),
+                            default=f.default, choices=meta["choices"], help=meta["help"],
+                            **kwargs)
+
+
+def from_flags(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """The dataclass `cls` from the parsed flags of its fields (ValueError on bad values)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if hasattr(args, f.name)}
+    return cls(**{**values, **overrides})

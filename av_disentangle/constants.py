@@ -32,5 +32,21 @@ VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus", ".aac")
 """File endings read as audio by labelled input and `evaluate` (lower case)."""
 
+# Keys of a training batch (`pipelines.input.make_dataset` -> `DisentangleModel.train_step`).
+FRAMES = "frames"
+"""(B, T, S, S, 3) uint8: window 1, face crops of T video frames."""
+
+AUDIO = "audio"
+"""(B, T * SAMPLES_PER_FRAME) float32 in [-1, 1]: window 1 audio, synchronised with FRAMES."""
+
+AUDIO_2 = "audio_2"
+"""(B, T * SAMPLES_PER_FRAME) float32: a different window of the same track (identity term)."""
+
+TRACK_ID = "track_id"
+"""(B,) string: the track of each row (only with `InputConfig.include_ids`)."""
+
+VIDEO_ID = "video_id"
+"""(B,) string: the video of each row (only with `InputConfig.include_ids`)."""
+
 assert SAMPLE_RATE == int(VIDEO_FPS) * SAMPLES_PER_FRAME
 assert SAMPLES_PER_FRAME % MEL_HOP_SAMPLES == 0

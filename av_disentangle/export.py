@@ -26,11 +26,11 @@ import tensorflow as tf
 
 from av_disentangle import losses
 from av_disentangle.config import ModelConfig, to_dict
+from av_disentangle.constants import SAMPLE_RATE
 from av_disentangle.streams import CONTENT, IDENTITY
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 MIN_SAMPLES = 8000  # 0.5 s: at least 12 video frames -> 4 time steps
 MIN_FRAMES = 5
 SIGNATURES = ("serving_default", "embed_audio", "embed_face", "content", "face_content")
@@ -135,15 +135,38 @@ def build_export_archive(face_stream: keras.Model, audio_stream: keras.Model,
 
 
 def next_version_dir(export_root: str) -> str:
-    """`export_root/<max existing integer version + 1>` (TF Serving's layout)."""
-    versions = [int(d) for d in (os.listdir(export_root) if os.path.isdir(export_root) else [])
-                if d.isdigit()]
+    """`export_root/<max existing integer version + 1>` (TF Serving's layout); local or remote."""
+    names = tf.io.gfile.listdir(export_root) if tf.io.gfile.isdir(export_root) else []
+    versions = [int(d.rstrip("/")) for d in names if d.rstrip("/").isdigit()]
     return os.path.join(export_root, str(max(versions, default=0) + 1))
+
+
+def _move_folder(tmp_dir: str, export_dir: str) -> None:
+    """Moves the finished export in `tmp_dir` to `export_dir`.
+
+    One `tf.io.gfile.rename` of the folder where the file system moves a folder with its files
+    (local disks, HDFS; TF's GCS file system renames each object under it). TF's in-memory
+    `ram://` file system (tests) renames only the folder's own entry and leaves its files under
+    the old name (TF 2.21, measured), so there the files are copied one by one, saved_model.pb
+    last (a folder without it is not a SavedModel), and the temp folder removed.
+    """
+    if not export_dir.startswith("ram://"):
+        tf.io.gfile.rename(tmp_dir, export_dir)
+        return
+    copies = []
+    for folder, _, names in tf.io.gfile.walk(tmp_dir):
+        target = export_dir + folder[len(tmp_dir):]
+        tf.io.gfile.makedirs(target)
+        copies += [(os.path.join(folder, n), os.path.join(target, n)) for n in names]
+    for source, target in sorted(copies, key=lambda c: c[0].endswith("/saved_model.pb")):
+        tf.io.gfile.copy(source, target)
+    tf.io.gfile.rmtree(tmp_dir)
 
 
 def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
                        config: ModelConfig, export_dir: str) -> str:
-    """Writes the SavedModel to `export_dir` (a versioned dir) plus `model_config.json`."""
+    """Writes the SavedModel to `export_dir` (a versioned dir, local or remote) plus
+    `model_config.json`."""
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"export directory {export_dir} already exists; TF Serving "
                               "versions are immutable, pick a new version")
@@ -153,6 +176,6 @@ def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
     build_export_archive(face_stream, audio_stream, config).write_out(tmp_dir, verbose=False)
     with tf.io.gfile.GFile(os.path.join(tmp_dir, "model_config.json"), "w") as f:
         json.dump(to_dict(config), f, indent=2)
-    tf.io.gfile.rename(tmp_dir, export_dir)  # a half-written export never looks complete
+    _move_folder(tmp_dir, export_dir)  # a half-written export never looks complete
     log.info("exported SavedModel to %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir

@@ -9,9 +9,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-SAMPLE_RATE = 16000
+from av_disentangle.constants import MEL_HOP_SAMPLES, SAMPLE_RATE
+
 WINDOW_SAMPLES = 400  # 25 ms
-HOP_SAMPLES = 160  # 10 ms
 FFT_LENGTH = 512
 
 
@@ -32,9 +32,9 @@ def log_mel_spectrogram(waveform: tf.Tensor, num_mels: int = 40,
       (B, S // 160, num_mels) float32.
     """
     waveform = tf.convert_to_tensor(waveform, tf.float32)
-    num_frames = tf.shape(waveform)[1] // HOP_SAMPLES
+    num_frames = tf.shape(waveform)[1] // MEL_HOP_SAMPLES
     padded = tf.pad(waveform, [[0, 0], [WINDOW_SAMPLES // 2, WINDOW_SAMPLES // 2]])
-    stft = tf.signal.stft(padded, frame_length=WINDOW_SAMPLES, frame_step=HOP_SAMPLES,
+    stft = tf.signal.stft(padded, frame_length=WINDOW_SAMPLES, frame_step=MEL_HOP_SAMPLES,
                           fft_length=FFT_LENGTH, window_fn=tf.signal.hann_window,
                           pad_end=False)
     power = tf.math.square(tf.abs(stft))[:, :num_frames]  # (B, N, 257)
@@ -79,7 +79,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         samples = input_shape[1]
         frames = None
         if samples is not None:
-            frames = samples // HOP_SAMPLES // self.frames_multiple_of * self.frames_multiple_of
+            frames = samples // MEL_HOP_SAMPLES // self.frames_multiple_of * self.frames_multiple_of
         return (input_shape[0], frames, self.num_mels)
 
     def get_config(self):

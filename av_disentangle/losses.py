@@ -1,14 +1,22 @@
 """The three losses of the paper as separate, testable functions.
 
-Notation: fc, fi, ac, ai are face/audio content/identity sequences (B, T', D), L2-normalised.
-All matching tasks are multi-way classification over scaled cosine logits `w * cos + b`:
+Notation: face_content, face_identity, audio_content, audio_identity are (B, T', D) embedding
+sequences, L2-normalised per step. All matching tasks are multi-way classification over
+scaled cosine logits `w * cos + b`:
 - content: within a track, face step t must pick audio step t among the track's T' steps;
 - identity: across tracks, face of track b must pick the voice of track b among B voices;
 - confusion: the same tasks computed from the WRONG factor's embeddings, trained towards the
   uniform distribution (Alvi et al. 2018), so those embeddings carry no signal for the task.
+
+The identity task owns its cross-replica negatives (`IdentityLoss`, `Negatives`), as SimCLR's
+loss owns `cross_replica_concat` and the label offsets (tensorflow/models
+official/projects/simclr/losses/contrastive_losses.py: `cross_replica_concat`, and
+`labels_idx = tf.range(batch_size) + replica_id * batch_size` in `ContrastiveLoss.__call__`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -86,3 +94,81 @@ def identity_loss(logits: tf.Tensor, symmetric: bool = False,
 def select_steps(sequence: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
     """Picks one time step per track: (B, T', D), (B,) int -> (B, D)."""
     return tf.gather(sequence, steps, axis=1, batch_dims=1)
+
+
+# === Identity task and its negatives (per replica or gathered across replicas) ===
+class Negatives(NamedTuple):
+    """The candidates of the identity (across-track) task and where this replica's own rows are.
+
+    Attributes:
+      embeddings: (B_neg, D); B_neg = B (per replica) or B_global (gathered across replicas).
+      offset: () int32 tensor, row n of this replica's (B, ...) batch targets
+        `embeddings[n + offset]` (0 per replica; replica_id * B when gathered). Always a tensor,
+        so a `Negatives` can be passed to a Keras layer.
+    """
+
+    embeddings: tf.Tensor
+    offset: tf.Tensor
+
+
+class IdentityTerms(NamedTuple):
+    """What `IdentityLoss` returns: the loss, the face -> voice logits (B, B_neg) and their
+    target offset (for the accuracy)."""
+
+    loss: tf.Tensor
+    logits: tf.Tensor
+    offset: tf.Tensor | int
+
+
+class IdentityLoss:
+    """L_identity with its negatives: face identity of each track against the voices of the
+    batch, target its own voice; optionally symmetric (voice -> face too).
+
+    Negatives are per replica unless `gather_negatives`: then, under a strategy with more than
+    one replica in sync, the embeddings are all-gathered (differentiably) across replicas, so each
+    track is matched against every voice of the global batch - the one-device loss on the global
+    batch. `negatives()` hands the same gathering to the other identity-task terms (the
+    disentanglement terms), so they use the same negatives as this loss.
+
+    Args:
+      similarity: callable (a, b) -> logits, e.g. a `ScaledCosine` layer (w * cos + b).
+      symmetric: also match voice -> face and average the two cross-entropies.
+      gather_negatives: all-gather the negatives across replicas.
+    """
+
+    def __init__(self, similarity, symmetric: bool = False, gather_negatives: bool = False):
+        self.similarity = similarity
+        self.symmetric = symmetric
+        self.gather_negatives = gather_negatives
+
+    def gathering(self) -> bool:
+        """True when negatives come from every replica (in a replica context with > 1 replica)."""
+        context = tf.distribute.get_replica_context()
+        return bool(self.gather_negatives and context is not None
+                    and context.num_replicas_in_sync > 1)
+
+    def negatives(self, embeddings: tf.Tensor) -> Negatives:
+        """(B, D) -> `Negatives`: all-gathered (B_global, D) with this replica's offset when
+        gathering, else the embeddings themselves and offset 0."""
+        if not self.gathering():
+            return Negatives(embeddings, tf.constant(0, tf.int32))
+        context = tf.distribute.get_replica_context()
+        offset = context.replica_id_in_sync_group * tf.shape(embeddings)[0]
+        return Negatives(context.all_gather(embeddings, axis=0), offset)
+
+    def __call__(self, face: tf.Tensor, voice: tf.Tensor) -> IdentityTerms:
+        """face, voice: (B, D) identity embeddings of the same B tracks (row b = track b).
+
+        Per replica: logits (B, B), diagonal targets. Gathered: (B, B_global) against the
+        all-gathered voices (and, when symmetric, voice -> all-gathered faces); row n targets
+        replica_id * B + n.
+        """
+        if not self.gathering():
+            logits = identity_logits(face, voice, self.similarity)
+            return IdentityTerms(identity_loss(logits, self.symmetric), logits, 0)
+        voices = self.negatives(voice)
+        faces = self.negatives(face)
+        forward = identity_logits(face, voices.embeddings, self.similarity)
+        reverse = identity_logits(voice, faces.embeddings, self.similarity)
+        loss = identity_loss(forward, self.symmetric, reverse, voices.offset)
+        return IdentityTerms(loss, forward, voices.offset)

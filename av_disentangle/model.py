@@ -5,80 +5,67 @@ identity term over its own slice of the global batch (batch_tracks / num_replica
 the reference code does on one GPU. With `LossConfig.gather_negatives` the face and voice
 identity embeddings are all-gathered, so every track is matched against all voices of the
 global batch (the same loss as one device on the global batch), and so are the content
-embeddings of the identity-task confusion term. The content term is
-within-track and needs no gathering. The loss is divided by the number of replicas because
-Keras sums gradients across replicas. Losses are computed in float32 under mixed precision.
+embeddings of the identity-task disentanglement terms: the gathering belongs to the identity
+loss (`losses.IdentityLoss`), which hands the same negatives to the disentanglement mode
+(`disentangle.py`). The content term is within-track and needs no gathering. The loss is
+divided by the number of replicas because Keras sums gradients across replicas. Losses are
+computed in float32 under mixed precision.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
-from keras import layers
 
-from av_disentangle import losses
+from av_disentangle import compat, losses
 from av_disentangle.config import LossConfig, ModelConfig
-from av_disentangle.layers import GradientReversal, L2Normalize, ScaledCosine
+# Keys of the input batch: FRAMES (B, T, H, W, 3) uint8, AUDIO and AUDIO_2 (B, T * 640) float32.
+from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES
+from av_disentangle.disentangle import WrongFactorTasks, make_disentangler
+from av_disentangle.layers import ScaledCosine
 from av_disentangle.streams import CONTENT, IDENTITY, build_audio_stream, build_face_stream
-
-# Keys of the input batch (see pipelines/input.py).
-FRAMES = "frames"  # (B, T, H, W, 3) uint8, window 1
-AUDIO = "audio"  # (B, T * 640) float32, window 1, synchronised with FRAMES
-AUDIO_2 = "audio_2"  # (B, T * 640) float32, a different window of the same track
 
 LOSS_NAMES = ("loss", "content_loss", "identity_loss", "confusion_content", "confusion_identity",
               "aux_loss")
 ACCURACY_NAMES = ("content_acc", "identity_acc", "leak_content_acc", "leak_identity_acc")
 
 
-class _AuxiliaryMatcher(keras.layers.Layer):
-    """Learned auxiliary head for the `adversarial` / `grl` modes: Dense -> L2 -> w*cos+b.
+class Losses(NamedTuple):
+    """What `DisentangleModel.compute_losses` returns.
 
-    Call with (a, b) of shape (..., N, D) and (..., M, D); returns logits (..., N, M).
+    Attributes:
+      values: LOSS_NAMES + ACCURACY_NAMES -> scalar, the logged values (`values["loss"]` is
+        `main + aux`).
+      main: the loss that trains the streams, similarities and the `grl` heads:
+        a_c L_content + a_i L_identity + a_d (confusion_content + confusion_identity).
+      aux: the loss that trains only the `adversarial` heads (0 in the other modes).
     """
 
-    def __init__(self, embedding_dim: int, grl_scale: float | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.embedding_dim = embedding_dim
-        self.grl_scale = grl_scale
-        self.reverse = GradientReversal(grl_scale) if grl_scale is not None else None
-        self.projection = layers.Dense(embedding_dim, name="projection")
-        self.normalize = L2Normalize()
-        self.similarity = ScaledCosine(name="similarity")
-
-    def build(self, input_shape=None):
-        self.projection.build((None, self.embedding_dim))
-        self.similarity.build()
-        self.built = True
-
-    def call(self, a, b):
-        if self.reverse is not None:
-            a, b = self.reverse(a), self.reverse(b)
-        a = self.normalize(self.projection(a))
-        b = self.normalize(self.projection(b))
-        return self.similarity(a, b)
+    values: dict[str, tf.Tensor]
+    main: tf.Tensor
+    aux: tf.Tensor
 
 
-class TrackedModel(keras.Model):
+class TrackedModel(compat.OptimizerOnlySymbolicBuild, keras.Model):
     """A keras.Model whose variables are all created in `build()` and whose `metrics` are the
     `self._trackers` Mean trackers of its custom train/test steps (shared by
-    `DisentangleModel` and `supervised.SpeakerClassifier`)."""
+    `DisentangleModel` and `supervised.SpeakerClassifier`). It has no compiled losses or
+    metrics, so Keras' symbolic build only builds the optimizer (`compat`)."""
 
     _trackers: dict
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Overrides a Keras 3.15 private hook. Keras reduces the first distributed batch with
-        `strategy.reduce(MEAN, batch)` to build compiled losses/metrics; under
-        MultiWorkerMirroredStrategy that fails for a dict of tensors. These models have no
-        compiled losses or metrics and create all state in `build()`, so only the optimizer
-        needs building (inside the strategy scope, as tf.distribute requires)."""
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
 
     @property
     def metrics(self):
         return list(self._trackers.values())
+
+    def _update_trackers(self, values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Updates the Mean trackers with this step's values; returns the logs of the step."""
+        for name, value in values.items():
+            self._trackers[name].update_state(value)
+        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        return compat.logs_for_reduction(logs)
 
 
 class DisentangleModel(TrackedModel):
@@ -86,7 +73,7 @@ class DisentangleModel(TrackedModel):
 
     Args:
       model_config: stream sizes.
-      loss_config: loss weights and the disentanglement mode.
+      loss_config: loss weights and the disentanglement mode (`disentangle.MODES`).
 
     Example:
     >>> model = DisentangleModel(ModelConfig.tiny(), LossConfig())
@@ -102,22 +89,31 @@ class DisentangleModel(TrackedModel):
         self.audio_stream = build_audio_stream(model_config)
         self.content_similarity = ScaledCosine(name="content_similarity")
         self.identity_similarity = ScaledCosine(name="identity_similarity")
-        mode = loss_config.disentangle
-        self.aux_content = self.aux_identity = None
-        if mode in ("adversarial", "grl"):
-            scale = loss_config.grl_scale if mode == "grl" else None
-            dim = model_config.embedding_dim
-            self.aux_content = _AuxiliaryMatcher(dim, scale, name="aux_content")
-            self.aux_identity = _AuxiliaryMatcher(dim, scale, name="aux_identity")
+        self.identity_loss = losses.IdentityLoss(self.identity_similarity,
+                                                 loss_config.symmetric_identity,
+                                                 loss_config.gather_negatives)
+        self.disentangler = make_disentangler(loss_config, model_config.embedding_dim)
         self._trackers = {name: keras.metrics.Mean(name=name)
                           for name in LOSS_NAMES + ACCURACY_NAMES}
         self.build()
 
+    # The mode's learned heads (None in `none` / `confusion`). Also what keeps their weights at
+    # the checkpoint paths `aux_content/...`, `aux_identity/...` (Keras saves by attribute name).
+    @property
+    def aux_content(self):
+        return self.disentangler.aux_content
+
+    @property
+    def aux_identity(self):
+        return self.disentangler.aux_identity
+
     def build(self, input_shape=None):
         """Creates every variable (streams are built at construction; similarities and
         auxiliary heads here), so the optimizer can be built before the first step."""
+        # The mode's heads are built here, in the model's name scope, so their variables keep
+        # the paths `<model>/aux_content/...` they had before the modes became objects.
         for layer in (self.content_similarity, self.identity_similarity, self.aux_content,
-                      self.aux_identity):
+                      self.aux_identity, self.disentangler):
             if layer is not None and not layer.built:
                 layer.build()
         self.built = True
@@ -146,109 +142,62 @@ class DisentangleModel(TrackedModel):
         steps = tf.random.uniform([shape[0]], 0, shape[1], dtype=tf.int32)
         return losses.select_steps(face_identity, steps)
 
-    def _gathering(self) -> bool:
-        """True when identity-task negatives come from every replica (see module doc)."""
-        context = tf.distribute.get_replica_context()
-        return bool(self.loss_config.gather_negatives and context is not None
-                    and context.num_replicas_in_sync > 1)
-
-    def _gather(self, tensor: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | int]:
-        """(B_local, ...) -> (B_global, ...) all-gathered (differentiable), and the offset of
-        this replica's rows in it; the tensor itself and 0 when not gathering."""
-        if not self._gathering():
-            return tensor, 0
-        context = tf.distribute.get_replica_context()
-        offset = context.replica_id_in_sync_group * tf.shape(tensor)[0]
-        return context.all_gather(tensor, axis=0), offset
-
-    def _identity_logits(self, face_id: tf.Tensor, voice_id: tf.Tensor):
-        """Identity logits (face -> voice, voice -> face or None) and the target offset.
-
-        Per-replica: (B, B) with diagonal targets. Gathered: (B_local, B_global) against the
-        all-gathered other modality, row n targets replica_id * B_local + n.
-        """
-        if not self._gathering():
-            return losses.identity_logits(face_id, voice_id, self.identity_similarity), None, 0
-        all_voices, offset = self._gather(voice_id)
-        all_faces, _ = self._gather(face_id)
-        forward = losses.identity_logits(face_id, all_voices, self.identity_similarity)
-        reverse = losses.identity_logits(voice_id, all_faces, self.identity_similarity)
-        return forward, reverse, offset
-
-    def compute_losses(self, batch: dict[str, tf.Tensor], training: bool):
-        """All loss terms and accuracies for one batch.
-
-        Returns (values, main_loss, aux_loss): `values` maps LOSS_NAMES + ACCURACY_NAMES to
-        scalars; `main_loss` trains the streams; `aux_loss` trains only the auxiliary heads.
-        """
+    def compute_losses(self, batch: dict[str, tf.Tensor], training: bool) -> Losses:
+        """All loss terms and accuracies for one batch (see `Losses`)."""
         cfg = self.loss_config
         out = self(batch, training=training)
-        fc, fi = out["face_content"], out["face_identity"]
-        ac, ai = out["audio_content"], out["audio_identity"]
-        ac2 = out.get("audio_content_2", ac)
-        ai2 = out.get("audio_identity_2", ai)
+        face_content, face_identity = out["face_content"], out["face_identity"]  # (B, T', D)
+        audio_content, audio_identity = out["audio_content"], out["audio_identity"]
+        # The identity task's voice comes from window 2 when the batch has one.
+        audio_content_2 = out.get("audio_content_2", audio_content)
+        audio_identity_2 = out.get("audio_identity_2", audio_identity)
 
-        c_logits = losses.content_logits(fc, ac, self.content_similarity)
-        content = losses.content_loss(c_logits)
-        face_id = self._face_identity(fi, training)
-        voice_id = losses.time_pool(ai2)
-        i_logits, reverse_logits, offset = self._identity_logits(face_id, voice_id)
-        identity = losses.identity_loss(i_logits, cfg.symmetric_identity, reverse_logits, offset)
+        content_logits = losses.content_logits(face_content, audio_content,
+                                               self.content_similarity)  # (B, T', T')
+        content = losses.content_loss(content_logits)
+        identity = self.identity_loss(self._face_identity(face_identity, training),
+                                      losses.time_pool(audio_identity_2))
 
         # The wrong factor on each task: identity embeddings on the content task (per step,
-        # within track) and time-pooled content embeddings on the identity task (across tracks).
-        # With gathered negatives the identity-task confusion uses the same (global) voices
-        # as the identity loss, so it equals the one-device loss on the global batch.
-        pooled_fc = losses.time_pool(fc)
-        pooled_ac2, leak_offset = self._gather(losses.time_pool(ac2))
-        leak_c_logits = self.content_similarity(fi, ai, frozen=True)
-        leak_i_logits = self.identity_similarity(pooled_fc, pooled_ac2, frozen=True)
-        zero = tf.constant(0.0)
-        conf_c = conf_i = aux = zero
-        if cfg.disentangle == "confusion":
-            conf_c = losses.uniform_confusion(leak_c_logits)
-            conf_i = losses.uniform_confusion(leak_i_logits)
-        elif cfg.disentangle == "adversarial":
-            # Aux heads learn the task on frozen embeddings; the streams learn to confuse them.
-            sg = tf.stop_gradient
-            aux = (losses.matching_cross_entropy(self.aux_content(sg(fi), sg(ai)))
-                   + losses.matching_cross_entropy(
-                       self.aux_identity(sg(pooled_fc), sg(pooled_ac2)), leak_offset))
-            conf_c = losses.uniform_confusion(self.aux_content(fi, ai))
-            conf_i = losses.uniform_confusion(self.aux_identity(pooled_fc, pooled_ac2))
-        elif cfg.disentangle == "grl":
-            # Ordinary CE through gradient reversal: heads minimise it, streams maximise it.
-            conf_c = losses.matching_cross_entropy(self.aux_content(fi, ai))
-            conf_i = losses.matching_cross_entropy(self.aux_identity(pooled_fc, pooled_ac2),
-                                                   leak_offset)
+        # within track) and time-pooled content embeddings on the identity task (across tracks,
+        # against the identity loss's negatives: all-gathered when it gathers, so the term
+        # equals the one-device term on the global batch).
+        pooled_face_content = losses.time_pool(face_content)  # (B, D)
+        voice_content = self.identity_loss.negatives(losses.time_pool(audio_content_2))
+        tasks = WrongFactorTasks(
+            face_identity=face_identity, audio_identity=audio_identity,
+            pooled_face_content=pooled_face_content, voice_content=voice_content,
+            content_task_logits=self.content_similarity(face_identity, audio_identity,
+                                                        frozen=True),
+            identity_task_logits=self.identity_similarity(pooled_face_content,
+                                                          voice_content.embeddings, frozen=True))
+        terms = self.disentangler(tasks=tasks)  # a keyword: Keras takes only tensors by position
 
-        main = (cfg.content_weight * content + cfg.identity_weight * identity
-                + cfg.disentangle_weight * (conf_c + conf_i))
+        main = (cfg.content_weight * content + cfg.identity_weight * identity.loss
+                + cfg.disentangle_weight * (terms.confusion_content + terms.confusion_identity))
         values = {
-            "loss": main + aux, "content_loss": content, "identity_loss": identity,
-            "confusion_content": conf_c, "confusion_identity": conf_i, "aux_loss": aux,
-            "content_acc": losses.matching_accuracy(c_logits),
-            "identity_acc": losses.matching_accuracy(i_logits, offset),
-            "leak_content_acc": losses.matching_accuracy(leak_c_logits),
-            "leak_identity_acc": losses.matching_accuracy(leak_i_logits, leak_offset),
+            "loss": main + terms.aux_loss, "content_loss": content,
+            "identity_loss": identity.loss,
+            "confusion_content": terms.confusion_content,
+            "confusion_identity": terms.confusion_identity, "aux_loss": terms.aux_loss,
+            "content_acc": losses.matching_accuracy(content_logits),
+            "identity_acc": losses.matching_accuracy(identity.logits, identity.offset),
+            "leak_content_acc": losses.matching_accuracy(tasks.content_task_logits),
+            "leak_identity_acc": losses.matching_accuracy(tasks.identity_task_logits,
+                                                          voice_content.offset),
         }
-        return values, main, aux
-
-    def _aux_variables(self) -> list:
-        if self.loss_config.disentangle != "adversarial":
-            return []
-        return self.aux_content.trainable_variables + self.aux_identity.trainable_variables
+        return Losses(values, main, terms.aux_loss)
 
     def train_step(self, data):
-        aux_vars = self._aux_variables()
+        aux_vars = self.disentangler.aux_variables
         aux_ids = {id(v) for v in aux_vars}
         main_vars = [v for v in self.trainable_variables if id(v) not in aux_ids]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape(persistent=bool(aux_vars)) as tape:
-            values, main, aux = self.compute_losses(data, training=True)
+            result = self.compute_losses(data, training=True)
             # scale_loss: loss scaling under mixed_float16 (identity otherwise).
-            main_scaled = self.optimizer.scale_loss(main / replicas)
-            aux_scaled = self.optimizer.scale_loss(aux / replicas)
+            main_scaled = self.optimizer.scale_loss(result.main / replicas)
+            aux_scaled = self.optimizer.scale_loss(result.aux / replicas)
         grads = tape.gradient(main_scaled, main_vars)
         pairs = list(zip(grads, main_vars))
         if aux_vars:
@@ -256,27 +205,7 @@ class DisentangleModel(TrackedModel):
             del tape
         pairs = [(g, v) for g, v in pairs if g is not None]
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-        return self._update_trackers(values)
+        return self._update_trackers(result.values)
 
     def test_step(self, data):
-        values, _, _ = self.compute_losses(data, training=False)
-        return self._update_trackers(values)
-
-    def _update_trackers(self, values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        for name, value in values.items():
-            self._trackers[name].update_state(value)
-        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
-        if _multi_worker(tf.distribute.get_strategy()):
-            # Keras 3.15 reduces logs across workers with strategy.reduce(MEAN, v, axis=0),
-            # which needs a batch axis: give the scalars one (the reduced result is scalar).
-            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-        return logs
-
-
-def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    """True under MultiWorkerMirroredStrategy with a cluster of more than one task."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    resolver = strategy.cluster_resolver
-    return bool(resolver and resolver.task_type and
-                sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1)
+        return self._update_trackers(self.compute_losses(data, training=False).values)

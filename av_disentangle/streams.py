@@ -37,7 +37,8 @@ Alignment: video frame i is the instant i * 40 ms, and log-mel frame n is centre
 n * 160 = n * 10 ms (features.py: centred STFT frames, S // 160 frames, none dropped). Face
 step j sees frames stride*j .. stride*j + 4 and is centred on frame stride*j + 2, i.e.
 40 * stride * j + 80 ms. Audio step j is centred on log-mel frame 4 * stride * j + 8, i.e. also
-40 * stride * j + 80 ms (receptive field 37 log-mel frames = 370 ms, plus the 25 ms STFT
+40 * stride * j + 80 ms (4 = MEL_FRAMES_PER_VIDEO_FRAME, which the audio trunk's two x2 time
+poolings assume; receptive field 37 log-mel frames = 370 ms, plus the 25 ms STFT
 window, frames 4*stride*j - 10 .. 4*stride*j + 26, zero padding included at the edges).
 So step j of both streams is centred on the same instant; the test `test_streams.py` derives
 this from the built layers. (In the reference itself, which drops the first and last mel frame
@@ -53,6 +54,7 @@ import tensorflow as tf
 from keras import layers
 
 from av_disentangle.config import ModelConfig
+from av_disentangle.constants import MEL_FRAMES_PER_VIDEO_FRAME, SAMPLES_PER_FRAME
 from av_disentangle.features import LogMelSpectrogram
 from av_disentangle.layers import L2Normalize
 
@@ -177,15 +179,17 @@ def build_face_stream(config: ModelConfig, num_frames: int | None = None) -> ker
 def build_audio_stream(config: ModelConfig, num_frames: int | None = None) -> keras.Model:
     """Audio stream as a Keras functional model (reference `netcnnaud`, l.12-39).
 
-    Input `waveform`: (B, S) float32 16 kHz mono; S = 640 * T for a window of T video frames
-    (extra samples past a whole video frame are dropped; `num_frames` fixes S = 640 * T in the
-    model's static shapes; default any). Log-mel features are computed in the graph. Outputs a
-    dict: `content` and `identity`, each (B, T', D), L2-normalised per step.
+    Input `waveform`: (B, S) float32 16 kHz mono; S = SAMPLES_PER_FRAME * T (640 * T) for a
+    window of T video frames (extra samples past a whole video frame are dropped; `num_frames`
+    fixes S in the model's static shapes; default any). Log-mel features are computed in the
+    graph. Outputs a dict: `content` and `identity`, each (B, T', D), L2-normalised per step.
     """
     c1, c2, c3, c4, c5 = config.audio_channels
-    samples = None if num_frames is None else 640 * num_frames
+    samples = None if num_frames is None else SAMPLES_PER_FRAME * num_frames
     waveform = keras.Input((samples,), dtype="float32", name="waveform")
-    x = LogMelSpectrogram(config.num_mels, frames_multiple_of=4, name="log_mel")(waveform)
+    # Whole video frames of log-mel frames: (B, MEL_FRAMES_PER_VIDEO_FRAME * T, M) = (B, 4T, M).
+    x = LogMelSpectrogram(config.num_mels, frames_multiple_of=MEL_FRAMES_PER_VIDEO_FRAME,
+                          name="log_mel")(waveform)
     x = layers.Reshape((-1, config.num_mels, 1), name="audio_add_channel")(x)  # (B, 4T, M, 1)
     # Kernels, strides and pads below are (time, mel): the reference's (mel, time) swapped.
     x = _conv2d(x, c1, (7, 5), "audio_conv1", pad=(2, 2))  # l.13

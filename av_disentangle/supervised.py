@@ -39,7 +39,7 @@ import tensorflow as tf
 from av_disentangle import losses
 from av_disentangle.config import LossConfig, ModelConfig, from_dict, to_dict
 from av_disentangle.heads import make_head
-from av_disentangle.model import TrackedModel, _multi_worker
+from av_disentangle.model import TrackedModel
 from av_disentangle.streams import CONTENT, IDENTITY, build_audio_stream, build_face_stream
 from av_disentangle.supervised_config import SupervisedConfig  # noqa: F401 (re-exported)
 from av_disentangle.training import UsageError
@@ -116,15 +116,7 @@ class SpeakerClassifier(TrackedModel):
     def test_step(self, data):
         values, _ = self.compute_losses(keras.utils.unpack_x_y_sample_weight(data)[0],
                                         training=False)
-        return self._update_trackers(values)
-
-    def _update_trackers(self, values: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        for name, value in values.items():
-            self._trackers[name].update_state(value)
-        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
-        if _multi_worker(tf.distribute.get_strategy()):  # see DisentangleModel._update_trackers
-            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-        return logs
+        return self._update_trackers(values)  # TrackedModel's (multi-worker logs: compat)
 
 
 # === Trunk / head split ===

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from av_disentangle.config import add_flags, check_choice, from_flags
+from av_disentangle.config import field as _field
+
 HEAD_NAMES: tuple[str, ...] = ("aam", "softmax")  # heads.HEADS
-
-
-def _field(default, help: str, choices: tuple[str, ...] | None = None):
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,8 +17,8 @@ class SupervisedConfig:
     """Settings of a supervised (speaker-label) run, on top of ModelConfig and TrainConfig.
 
     Attributes:
-      labelled_audio: folder `<speaker>/.../<utt>.{wav,flac,m4a}` or TFRecord glob whose
-        `identity` field is the label (pipelines/labelled.py).
+      labelled_audio: folder `<speaker>/.../<utt>.<audio extension>` (constants.AUDIO_EXTENSIONS)
+        or TFRecord glob whose `identity` field is the label (pipelines/labelled.py).
       labels_per_speaker: utterances per speaker (0: all).
       num_speakers: speakers (0: all).
       label_seed: seed of the label-budget draw (independent of the training seed, so several
@@ -32,8 +31,8 @@ class SupervisedConfig:
       crop_seconds: length of the random training crops.
     """
 
-    labelled_audio: str = _field("", "folder <speaker>/.../<utt>.{wav,flac,m4a}, or a TFRecord "
-                                 "glob whose `identity` field is the label")
+    labelled_audio: str = _field("", "folder <speaker>/.../<utt>.{wav,flac,m4a,mp3,ogg,"
+                                 "opus,aac}, or a TFRecord glob whose `identity` field is the label")
     labels_per_speaker: int = _field(0, "labelled utterances per speaker (0: all)")
     num_speakers: int = _field(0, "labelled speakers (0: all)")
     label_seed: int = _field(0, "seed of the label-budget draw (written to config.json)")
@@ -48,8 +47,7 @@ class SupervisedConfig:
     crop_seconds: float = _field(2.0, "length of the random training crops")
 
     def __post_init__(self) -> None:
-        if self.head not in HEAD_NAMES:
-            raise ValueError(f"head must be one of {HEAD_NAMES}, got {self.head!r}")
+        check_choice(self, "head")
         if self.labels_per_speaker < 0:
             raise ValueError(f"labels_per_speaker must be >= 0 (0: all), got "
                              f"{self.labels_per_speaker}")
@@ -66,16 +64,9 @@ class SupervisedConfig:
 def add_supervised_flags(parser: argparse.ArgumentParser) -> None:
     """One `--<field>` flag per SupervisedConfig field, with its default, type and help
     (booleans: `--freeze_trunk` / `--no-freeze_trunk`)."""
-    for f in dataclasses.fields(SupervisedConfig):
-        if isinstance(f.default, bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
-                                default=f.default, help=f.metadata["help"])
-        else:
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
-                                choices=f.metadata["choices"], help=f.metadata["help"])
+    add_flags(parser, SupervisedConfig)
 
 
 def supervised_config_from_flags(args: argparse.Namespace) -> SupervisedConfig:
     """SupervisedConfig from parsed flags (ValueError on bad values)."""
-    return SupervisedConfig(**{f.name: getattr(args, f.name)
-                               for f in dataclasses.fields(SupervisedConfig)})
+    return from_flags(SupervisedConfig, args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -10,52 +9,10 @@ import os
 import keras
 import tensorflow as tf
 
+from av_disentangle.config import TrainConfig  # noqa: F401 (defined TF-free there)
+from av_disentangle.errors import UserError
+
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings. Reference code (github joonson/syncnet_trainer): SGD, momentum
-    0.9, weight decay 1e-5 (SyncNetDist.py:33), lr 1e-3 (trainSyncNet.py:37) x0.95
-    (trainSyncNet.py:38, applied at :138) after every epoch of 100,000 tracks
-    (trainSyncNet.py:24, `nTrainPerEpoch`) in batches of 30 (:23): every 3,333 steps.
-
-    Attributes:
-      lr_decay_steps: optimizer steps between two x`lr_decay_rate` decays, independent of
-        `steps_per_epoch` (which only sets how often Keras logs, validates and backs up). The
-        reference counts tracks (100,000 per decay); the default 3,333 steps is that at its
-        batch of 30 tracks. With another `batch_tracks`, pass 100000 // batch_tracks to decay
-        after the same number of tracks (e.g. 1,666 at 60).
-      weight_decay: PyTorch-style (coupled, L2) weight decay on every trainable variable,
-        BatchNorm gammas/betas and similarity scales/biases included, as torch.optim.SGD's
-        `weight_decay` on `self.parameters()` in the reference; see `CoupledDecaySGD`.
-    """
-
-    epochs: int = 10
-    steps_per_epoch: int = 50
-    batch_tracks: int = 8
-    window_frames: int = 25
-    optimizer: str = "sgd"
-    learning_rate: float = 1e-3
-    lr_decay_rate: float = 0.95
-    lr_decay_steps: int = 3333
-    weight_decay: float = 1e-5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        for name in ("epochs", "steps_per_epoch", "batch_tracks", "lr_decay_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.window_frames < 10:
-            raise ValueError(f"window_frames must be >= 10 (0.4 s), got {self.window_frames}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 < self.lr_decay_rate <= 1:
-            raise ValueError(f"lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 def make_strategy(cpu_replicas: int = 1) -> tf.distribute.Strategy:
@@ -157,8 +114,9 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-class UsageError(Exception):
-    """Bad flags or input data: reported as one line, without a traceback."""
+UsageError = UserError
+"""The older name of `av_disentangle.errors.UserError` (bad flags or input data: one line, exit
+2): one class, so `except UsageError` also catches `MediaError`, `LabelledDataError`, ..."""
 
 
 class NonFiniteLoss(RuntimeError):

@@ -18,16 +18,14 @@ import argparse
 import multiprocessing
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from pipelines import faces, media
 
-from pipelines import faces, media  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CLIPS = sorted((REPO / "data" / "samples" / "pcavs_vox2").glob("*/*.mp4"))
 

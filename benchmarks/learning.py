@@ -2,17 +2,21 @@
 """Does the model learn? The paper's ablation on the synthetic talking-heads world.
 
 Usage:
-    python benchmarks/learning.py [--quick] [--seeds 0] [--steps N | --minutes_per_config X]
-        [--workdir /tmp/av_learning] [--out results.json] [--adversarial]
+    python benchmarks/learning.py [--quick] [--seeds N] [--data_seeds M]
+        [--correlations 0,0.5,0.9] [--steps N | --minutes_per_config X]
+        [--curve_every N --curve_png curve.png] [--workdir /tmp/av_learning] [--json out.json]
 
 1. Generates (once, cached in --workdir) a synthetic world (`pipelines.synthetic`) with
    ground-truth identity and per-frame content units: a `train` split of identities and a
    `test` split of DIFFERENT identities.
-2. For each configuration of the paper's ablation (content only, identity only, both on a
-   shared trunk, both + confusion, both + GRL; optionally both + adversarial) trains a
-   `DisentangleModel` with Adam for the same number of steps from the same seed on the train
-   split through `pipelines.input.make_dataset`. An untrained model (same seed) is evaluated
-   as a reference row.
+2. For each configuration of the paper's ablation (content only, identity only, and both
+   losses on a shared trunk with each disentanglement mode: none, confusion, adversarial,
+   GRL) trains a `DisentangleModel` with Adam for the same number of steps from the same seed
+   on the train split through `pipelines.input.make_dataset`. An untrained model (same seed)
+   is evaluated as a reference row. Repeated over `--seeds` training seeds x `--data_seeds`
+   synthetic worlds; with `--correlations` the TRAINING world's content is correlated with
+   identity (`SyntheticConfig.content_identity_correlation`: each identity speaks mostly its
+   own subset of units) while the held-out world stays uncorrelated ("novel combinations").
 3. Evaluates with the streams directly (training=False) on deterministic windows:
    * sync top-1: within a held-out window, face content step t must pick audio content step t
      among the window's T' steps (chance 1/T'); and an offset search: the diagonal shift
@@ -23,13 +27,22 @@ Usage:
      tracks, target = same identity;
    * cross-modal EER: face identity embedding of track a vs voice identity embedding of track
      b != a (so different windows and videos), all ordered pairs, target = same identity;
-   * disentanglement probes (lower = better disentangled), multinomial logistic regression:
+   * trial-sampling error of SV EER, F-V EER and sync@1: standard error over 200 bootstrap
+     resamples of the held-out IDENTITIES (all their tracks and trials come along), plus the
+     binomial standard error at the SV EER from the numbers of target / non-target trials;
+   * disentanglement probes (lower = better disentangled), multinomial logistic regression
+     and a one-hidden-layer MLP (64 ReLU units, same held-out splits):
      (a) content unit of the step's centre frame from the per-step AUDIO IDENTITY embedding
      (trained on train-identity tracks, tested on held-out identities), reference: the same
      probe on audio CONTENT embeddings; (b) identity from the window-pooled AUDIO CONTENT
      embedding (train/test split by track WITHIN the train identities), reference: the same
      probe on audio IDENTITY embeddings.
-4. Prints a table (and chance levels) and writes JSON with --out.
+4. Prints per correlation a table of mean +- 95% interval (t, over seeds x worlds) per row,
+   the paired differences of each mode against `both (shared trunk)` (marked `*` where the
+   paired 95% interval excludes 0 AND the difference exceeds 2 trial-sampling standard errors),
+   and writes JSON with --json. `--curve_every N` evaluates sync@1 and SV EER on the held-out
+   world every N steps (raw BN statistics), as TensorBoard scalars under
+   WORKDIR/curves/... and as a PNG (`--curve_png`).
 
 Timings are wall-clock on whatever machine runs this; on a small shared CPU they are noisy.
 """
@@ -47,21 +60,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy import optimize  # noqa: E402
 
-from av_disentangle import losses  # noqa: E402
+from av_disentangle import files, losses  # noqa: E402
+from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig, ModelConfig  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.streams import CONTENT, IDENTITY  # noqa: E402
+from av_disentangle.verification_metrics import compute_eer  # noqa: E402
 from pipelines import records, synthetic  # noqa: E402
-from pipelines.input import InputConfig, make_dataset  # noqa: E402
-
-from av_disentangle.metrics import compute_eer  # noqa: E402
+from pipelines.input import InputConfig, fixed_windows, make_dataset  # noqa: E402
 
 
 # === Settings ===
@@ -100,21 +112,27 @@ CONFIGS: dict[str, LossConfig] = {
     "identity only": LossConfig(content_weight=0.0, disentangle="none"),
     "both (shared trunk)": LossConfig(disentangle="none"),
     "both + confusion": LossConfig(disentangle="confusion"),
+    "both + adversarial": LossConfig(disentangle="adversarial"),
     "both + GRL": LossConfig(disentangle="grl"),
 }
-ADVERSARIAL = ("both + adversarial", LossConfig(disentangle="adversarial"))
+REFERENCE = "both (shared trunk)"  # disentangle="none": the row the modes are compared with
 UNTRAINED = "untrained (init)"
 
 
 # === Data ===
 
-def make_world(workdir: str, preset: Preset, seed: int = 0) -> dict[str, str]:
-    """Writes train/test splits (distinct identities) once; returns {split: directory}."""
+def make_world(workdir: str, preset: Preset, seed: int = 0,
+               correlation: float = 0.0) -> dict[str, str]:
+    """Writes train/test splits (distinct identities) once; returns {split: directory}.
+
+    `correlation` is the TRAIN split's `content_identity_correlation`; the held-out test
+    split is always uncorrelated (the same directory for every correlation)."""
     common = dict(tracks_per_identity=preset.tracks_per_identity, num_frames=preset.num_frames,
                   face_size=preset.face_size, seed=seed)
     splits = {
         "train": synthetic.SyntheticConfig(num_identities=preset.train_identities,
-                                           first_identity=0, **common),
+                                           first_identity=0,
+                                           content_identity_correlation=correlation, **common),
         "test": synthetic.SyntheticConfig(num_identities=preset.test_identities,
                                           first_identity=preset.train_identities, **common),
     }
@@ -122,7 +140,8 @@ def make_world(workdir: str, preset: Preset, seed: int = 0) -> dict[str, str]:
            f"_tr{preset.tracks_per_identity}_f{preset.num_frames}_px{preset.face_size}")
     out = {}
     for name, cfg in splits.items():
-        directory = os.path.join(workdir, tag, name)
+        suffix = f"_corr{correlation:g}" if name == "train" and correlation > 0 else ""
+        directory = os.path.join(workdir, tag, name + suffix)
         manifest = os.path.join(directory, "manifest.json")
         cached = False
         if os.path.exists(manifest):
@@ -169,15 +188,13 @@ def load_windows(directory: str, window: int) -> Windows:
     cols = {k: [] for k in ("frames", "audio", "track", "identity", "track_index", "start",
                             "units")}
     track_ids = []
-    spf = records.SAMPLES_PER_FRAME
     for i, t in enumerate(tracks):
         tid = t["track_id"].decode()
         track_ids.append(tid)
         units = np.asarray(by_id[tid]["units"], np.int64)
-        num_frames = t["frames"].shape[0]
-        for start in range(0, num_frames - window + 1, window):
-            cols["frames"].append(t["frames"][start:start + window])
-            cols["audio"].append(t["audio"][start * spf:(start + window) * spf])
+        for start, frames, audio in fixed_windows(t["frames"], t["audio"], window):
+            cols["frames"].append(frames)
+            cols["audio"].append(audio)
             cols["track"].append(i)
             cols["identity"].append(identities.index(t["identity"].decode()))
             cols["track_index"].append(by_id[tid]["track_index"])
@@ -191,7 +208,7 @@ def load_windows(directory: str, window: int) -> Windows:
 # === Metrics ===
 
 def eer(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Equal error rate as a fraction (`av_disentangle.metrics.compute_eer`)."""
+    """Equal error rate as a fraction (`av_disentangle.verification_metrics.compute_eer`)."""
     return float(compute_eer(np.asarray(scores, np.float64), np.asarray(labels, np.int64))[0])
 
 
@@ -199,26 +216,35 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def embed(model: DisentangleModel, win: Windows, batch: int = 32) -> dict[str, np.ndarray]:
-    """(N, T', D) face/audio content/identity sequences of every window (training=False)."""
+def stream_functions(model: DisentangleModel) -> tuple:
+    """(face_fn, audio_fn): the streams in inference mode as tf.functions."""
     face_fn = tf.function(lambda x: model.face_stream(x, training=False), reduce_retracing=True)
     audio_fn = tf.function(lambda x: model.audio_stream(x, training=False),
                            reduce_retracing=True)
-    out = {k: [] for k in ("fc", "fi", "ac", "ai")}
+    return face_fn, audio_fn
+
+
+def embed(model: DisentangleModel, win: Windows, batch: int = 32,
+          functions: tuple | None = None) -> dict[str, np.ndarray]:
+    """(N, T', D) face/audio content/identity sequences of every window (training=False);
+    `functions` = `stream_functions(model)` to reuse traced functions across calls."""
+    face_fn, audio_fn = functions or stream_functions(model)
+    out = {k: [] for k in ("face_content", "face_identity", "audio_content", "audio_identity")}
     for s in range(0, len(win.frames), batch):
         f = face_fn(tf.constant(win.frames[s:s + batch]))
         a = audio_fn(tf.constant(win.audio[s:s + batch]))
-        out["fc"].append(f[CONTENT].numpy())
-        out["fi"].append(f[IDENTITY].numpy())
-        out["ac"].append(a[CONTENT].numpy())
-        out["ai"].append(a[IDENTITY].numpy())
+        out["face_content"].append(f[CONTENT].numpy())
+        out["face_identity"].append(f[IDENTITY].numpy())
+        out["audio_content"].append(a[CONTENT].numpy())
+        out["audio_identity"].append(a[IDENTITY].numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def sync_metrics(emb: dict[str, np.ndarray], max_shift: int) -> dict[str, float]:
     """Top-1 within-window step matching and the diagonal-shift offset search."""
     cosine = lambda a, b: tf.linalg.matmul(a, b, transpose_b=True)  # noqa: E731
-    logits = losses.content_logits(tf.constant(emb["fc"]), tf.constant(emb["ac"]), cosine)
+    logits = losses.content_logits(tf.constant(emb["face_content"]),
+                                   tf.constant(emb["audio_content"]), cosine)
     top1 = float(losses.matching_accuracy(logits))
     sim = logits.numpy()  # (N, T', T')
     n_steps = sim.shape[1]
@@ -251,8 +277,8 @@ def track_identity(win: Windows) -> np.ndarray:
 def verification_eers(emb: dict[str, np.ndarray], win: Windows) -> dict[str, float]:
     """Voice-voice SV EER over all track pairs, and face->voice cross-modal EER."""
     ident = track_identity(win)
-    voice = track_embeddings(emb["ai"], win)
-    face = track_embeddings(emb["fi"], win)
+    voice = track_embeddings(emb["audio_identity"], win)
+    face = track_embeddings(emb["face_identity"], win)
     i, j = np.triu_indices(len(ident), k=1)
     sv_scores = np.einsum("pd,pd->p", voice[i], voice[j])
     sv_labels = (ident[i] == ident[j]).astype(np.int64)
@@ -260,12 +286,120 @@ def verification_eers(emb: dict[str, np.ndarray], win: Windows) -> dict[str, flo
     xm_scores = np.einsum("pd,pd->p", face[a], voice[b])
     xm_labels = (ident[a] == ident[b]).astype(np.int64)
     # Content embeddings used as speaker embeddings: how much identity they still carry.
-    content_voice = track_embeddings(emb["ac"], win)
+    content_voice = track_embeddings(emb["audio_content"], win)
     cv_scores = np.einsum("pd,pd->p", content_voice[i], content_voice[j])
     return {"sv_eer": eer(sv_scores, sv_labels), "xmodal_eer": eer(xm_scores, xm_labels),
             "sv_eer_content_emb": eer(cv_scores, sv_labels),
             "sv_trials": int(len(sv_labels)), "sv_targets": int(sv_labels.sum()),
             "xmodal_trials": int(len(xm_labels))}
+
+
+BOOTSTRAP_RESAMPLES = 200
+
+
+def binomial_se(rate: float, num_targets: int, num_nontargets: int) -> float:
+    """Binomial standard error of an EER: the mean of the miss rate (over `num_targets`
+    trials) and false-alarm rate (over `num_nontargets`) at the EER, treating trials as
+    independent (they are not - trials share tracks - so this is a lower bound; the identity
+    bootstrap is the honest one)."""
+    var = rate * (1.0 - rate)
+    return float(0.5 * np.sqrt(var / max(num_targets, 1) + var / max(num_nontargets, 1)))
+
+
+def _pair_eer(scores: np.ndarray, ident: np.ndarray, tracks: np.ndarray,
+              ordered: bool) -> float:
+    """EER of the trials among `tracks` (indices into the (n, n) `scores` matrix, may repeat):
+    pairs (i < j, or all i != j if `ordered`) of different ORIGINAL tracks; target = same
+    identity."""
+    sub = scores[np.ix_(tracks, tracks)]
+    same_track = tracks[:, None] == tracks[None, :]
+    mask = ~same_track if ordered else np.triu(~same_track, k=1)
+    labels = (ident[tracks][:, None] == ident[tracks][None, :])[mask]
+    return eer(sub[mask], labels.astype(np.int64))
+
+
+def trial_errors(emb: dict[str, np.ndarray], win: Windows, seed: int = 0,
+                 resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, float]:
+    """Trial-sampling standard errors of the held-out SV EER, F-V EER and sync@1: std over
+    `resamples` bootstrap draws of the held-out identities with replacement (each drawn
+    identity brings all its tracks; pairs of a track with itself are dropped), and the
+    binomial SE of the SV EER."""
+    ident = track_identity(win)
+    voice = track_embeddings(emb["audio_identity"], win)
+    face = track_embeddings(emb["face_identity"], win)
+    sv_scores, xm_scores = voice @ voice.T, face @ voice.T  # (n, n)
+    # Per-window sync correctness: face step t picks audio step t (the dot product of
+    # `sync_metrics`).
+    sim = np.einsum("ntd,nsd->nts", emb["face_content"], emb["audio_content"])
+    correct = (np.argmax(sim, axis=2) == np.arange(sim.shape[1])).mean(axis=1)  # (N,)
+    ids = np.unique(ident)
+    tracks_of = {i: np.flatnonzero(ident == i) for i in ids}
+    windows_of = {i: np.flatnonzero(win.identity == i) for i in ids}
+    rng = np.random.default_rng(seed)
+    boot = {"sv_eer": [], "xmodal_eer": [], "sync_top1": []}
+    for _ in range(resamples):
+        draw = rng.choice(ids, size=len(ids), replace=True)
+        if len(np.unique(draw)) < 2:
+            continue
+        tracks = np.concatenate([tracks_of[i] for i in draw])
+        boot["sv_eer"].append(_pair_eer(sv_scores, ident, tracks, ordered=False))
+        boot["xmodal_eer"].append(_pair_eer(xm_scores, ident, tracks, ordered=True))
+        boot["sync_top1"].append(float(np.mean(correct[np.concatenate(
+            [windows_of[i] for i in draw])])))
+    i, j = np.triu_indices(len(ident), k=1)
+    labels = ident[i] == ident[j]
+    sv = eer(sv_scores[i, j], labels.astype(np.int64))
+    out = {f"{k}_se": float(np.std(v, ddof=1)) for k, v in boot.items()}
+    out["sv_eer_binomial_se"] = binomial_se(sv, int(labels.sum()), int((~labels).sum()))
+    return out
+
+
+def fit_mlp_probe(x: np.ndarray, y: np.ndarray, num_classes: int, hidden: int = 64,
+                  l2: float = 1e-3, max_iter: int = 300, seed: int = 0):
+    """One-hidden-layer MLP probe (ReLU, softmax), L-BFGS on standardised features with L2
+    weight decay; returns a function x -> (n, num_classes) logits."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mean) / std
+    n, d = xs.shape
+    onehot = np.eye(num_classes)[y]
+    shapes = [(d, hidden), (hidden,), (hidden, num_classes), (num_classes,)]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+
+    def unpack(theta):
+        parts, k = [], 0
+        for sh, sz in zip(shapes, sizes):
+            parts.append(theta[k:k + sz].reshape(sh))
+            k += sz
+        return parts
+
+    def loss_grad(theta):
+        w1, b1, w2, b2 = unpack(theta)
+        pre = xs @ w1 + b1
+        h = np.maximum(pre, 0.0)
+        z = h @ w2 + b2
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        loss = (-np.mean(np.sum(onehot * np.log(p + 1e-12), 1))
+                + 0.5 * l2 * (np.sum(w1 * w1) + np.sum(w2 * w2)))
+        g = (p - onehot) / n  # (n, C)
+        gh = (g @ w2.T) * (pre > 0)  # (n, H)
+        grads = [xs.T @ gh + l2 * w1, gh.sum(0), h.T @ g + l2 * w2, g.sum(0)]
+        return loss, np.concatenate([gr.ravel() for gr in grads])
+
+    rng = np.random.default_rng(seed)
+    theta0 = np.concatenate([rng.normal(0, np.sqrt(2.0 / d), size=sizes[0]), np.zeros(hidden),
+                             rng.normal(0, np.sqrt(1.0 / hidden), size=sizes[2]),
+                             np.zeros(num_classes)])
+    res = optimize.minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
+                            options={"maxiter": max_iter})
+    w1, b1, w2, b2 = unpack(res.x)
+    return lambda x_: np.maximum(((x_ - mean) / std) @ w1 + b1, 0.0) @ w2 + b2
+
+
+def mlp_probe_accuracy(x_tr, y_tr, x_te, y_te, num_classes: int) -> float:
+    logits = fit_mlp_probe(x_tr, y_tr, num_classes)(x_te)
+    return float(np.mean(np.argmax(logits, axis=1) == y_te))
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-3,
@@ -314,14 +448,18 @@ def probe_metrics(emb_tr: dict, win_tr: Windows, emb_te: dict, win_te: Windows,
                   stride: int, probe_test_tracks: int) -> dict[str, float]:
     """Content probes (train ids -> held-out ids) and identity probes (within train ids)."""
     num_units = synthetic.NUM_UNITS
-    n_steps = emb_tr["ai"].shape[1]
+    n_steps = emb_tr["audio_identity"].shape[1]
     y_tr = step_units(win_tr, n_steps, stride).ravel()
     y_te = step_units(win_te, n_steps, stride).ravel()
     out = {}
-    for key, name in (("ai", "audio_identity"), ("ac", "audio_content"),
-                      ("fi", "face_identity"), ("fc", "face_content")):
+    for key in ("audio_identity", "audio_content", "face_identity", "face_content"):
         d = emb_tr[key].shape[-1]
-        out[f"content_probe_{name}"] = probe_accuracy(
+        out[f"content_probe_{key}"] = probe_accuracy(
+            emb_tr[key].reshape(-1, d), y_tr, emb_te[key].reshape(-1, d), y_te, num_units)
+    # MLP probes on the two leakage directions and their references (same held-out splits).
+    for key in ("audio_identity", "audio_content"):
+        d = emb_tr[key].shape[-1]
+        out[f"content_probe_mlp_{key}"] = mlp_probe_accuracy(
             emb_tr[key].reshape(-1, d), y_tr, emb_te[key].reshape(-1, d), y_te, num_units)
     majority = np.bincount(y_tr, minlength=num_units).argmax()
     out["content_probe_chance"] = float(np.mean(y_te == majority))
@@ -331,60 +469,131 @@ def probe_metrics(emb_tr: dict, win_tr: Windows, emb_te: dict, win_te: Windows,
     tracks_per_identity = int(win_tr.track_index.max()) + 1
     test_mask = win_tr.track_index >= tracks_per_identity - probe_test_tracks
     num_ids = len(win_tr.identities)
-    for key, name in (("ac", "audio_content"), ("ai", "audio_identity"),
-                      ("fc", "face_content"), ("fi", "face_identity")):
+    for key in ("audio_content", "audio_identity", "face_content", "face_identity"):
         pooled = unit(emb_tr[key].mean(axis=1))
-        out[f"identity_probe_{name}"] = probe_accuracy(
+        out[f"identity_probe_{key}"] = probe_accuracy(
             pooled[~test_mask], win_tr.identity[~test_mask], pooled[test_mask],
             win_tr.identity[test_mask], num_ids)
+        if key in ("audio_content", "audio_identity"):
+            out[f"identity_probe_mlp_{key}"] = mlp_probe_accuracy(
+                pooled[~test_mask], win_tr.identity[~test_mask], pooled[test_mask],
+                win_tr.identity[test_mask], num_ids)
     out["identity_probe_chance"] = 1.0 / num_ids
     return out
 
 
-def recalibrate_batchnorm(model: DisentangleModel, dataset: tf.data.Dataset, batches: int,
-                          momentum: float = 0.8) -> None:
-    """Re-estimates every BatchNormalization moving mean/variance with the FINAL weights
-    ("precise BN"): forward passes in training mode over `batches` training batches, no weight
-    update. The streams' BN momentum (0.9) still averages over ~10 steps of changing weights;
-    the `raw BN` columns show the numbers without this re-estimation."""
-    bns = [layer for stream in (model.face_stream, model.audio_stream)
-           for layer in stream.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [layer.momentum for layer in bns]
-    for layer in bns:
-        layer.momentum = momentum
-    face_fn = tf.function(lambda x: model.face_stream(x, training=True))
-    audio_fn = tf.function(lambda x: model.audio_stream(x, training=True))
+def _single_thread_blas():
+    """Context limiting numpy's BLAS to one thread (threadpoolctl, if installed): the probes'
+    small matrix products ran ~70x slower with BLAS threads fighting TensorFlow's and other
+    jobs' for 2 shared cores (MLP probe on 1,056 x 32 features: 32 s vs 0.5 s, measured)."""
     try:
-        for batch in dataset.take(batches):
-            face_fn(batch["frames"])
-            audio_fn(tf.concat([batch["audio"], batch["audio_2"]], axis=0))
-    finally:
-        for layer, value in zip(bns, saved):
-            layer.momentum = value
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def evaluate(model: DisentangleModel, win_tr: Windows, win_te: Windows, preset: Preset,
              recalibration: tf.data.Dataset | None) -> dict[str, float]:
     """All metrics; with `recalibration`, first with the trained moving BN statistics (raw)
-    for sync and SV EER, then after `recalibrate_batchnorm` for everything."""
+    for sync and SV EER, then after `av_disentangle.batchnorm.reestimate_batchnorm` (precise
+    BN) for everything."""
     raw = {}
+    functions = stream_functions(model)  # traced once; they read the BN variables at run time
     if recalibration is not None:
-        emb_te = embed(model, win_te)
+        emb_te = embed(model, win_te, functions=functions)
         raw = {"sync_top1_raw_bn": sync_metrics(emb_te, preset.offset_steps)["sync_top1"],
                "sv_eer_raw_bn": verification_eers(emb_te, win_te)["sv_eer"]}
-        recalibrate_batchnorm(model, recalibration, preset.recalibration_batches)
-    emb_te = embed(model, win_te)
-    emb_tr = embed(model, win_tr)
+        reestimate_batchnorm(model, recalibration, preset.recalibration_batches)
+    emb_te = embed(model, win_te, functions=functions)
+    emb_tr = embed(model, win_tr, functions=functions)
     out = sync_metrics(emb_te, preset.offset_steps)
     out.update(raw)
     out["sync_top1_train_ids"] = sync_metrics(emb_tr, preset.offset_steps)["sync_top1"]
     out.update(verification_eers(emb_te, win_te))
-    out.update(probe_metrics(emb_tr, win_tr, emb_te, win_te, preset.model.temporal_stride,
-                             preset.probe_test_tracks))
+    with _single_thread_blas():
+        out.update(trial_errors(emb_te, win_te))
+        out.update(probe_metrics(emb_tr, win_tr, emb_te, win_te, preset.model.temporal_stride,
+                                 preset.probe_test_tracks))
     return out
 
 
 # === Training ===
+
+class Curve(keras.callbacks.Callback):
+    """Every `every` optimizer steps (and at step 0) evaluates sync@1 and the SV EER on the
+    held-out windows (inference mode, the moving BN statistics as they are: no precise-BN
+    re-estimation, which would change the training state) and writes them as TensorBoard
+    scalars `curve/sync_top1`, `curve/sv_eer` to `logdir`. `points` holds
+    [(step, sync_top1, sv_eer), ...]."""
+
+    def __init__(self, win: Windows, every: int, logdir: str, max_shift: int):
+        super().__init__()
+        self.win, self.every, self.logdir, self.max_shift = win, every, logdir, max_shift
+        self.points: list[tuple[int, float, float]] = []
+        self.step = 0
+
+    def on_train_begin(self, logs=None):
+        self.functions = stream_functions(self.model)
+        self.writer = tf.summary.create_file_writer(self.logdir)
+        self._evaluate()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            self._evaluate()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+    def _evaluate(self) -> None:
+        emb = embed(self.model, self.win, functions=self.functions)
+        sync = sync_metrics(emb, self.max_shift)["sync_top1"]
+        sv = verification_eers(emb, self.win)["sv_eer"]
+        self.points.append((self.step, sync, sv))
+        with self.writer.as_default():
+            tf.summary.scalar("curve/sync_top1", sync, step=self.step)
+            tf.summary.scalar("curve/sv_eer", sv, step=self.step)
+        self.writer.flush()
+
+
+def plot_curves(path: str, curves: dict[str, list[list]], title: str) -> None:
+    """PNG (written atomically) of SV EER and sync@1 against training steps: one line per
+    label, the mean over its runs (shaded: min..max), from `Curve.points` lists."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, runs in curves.items():
+        length = min(len(r) for r in runs)
+        arr = np.array([r[:length] for r in runs], np.float64)  # (runs, points, 3)
+        steps = arr[0, :, 0]
+        for ax, col in ((axes[0], 2), (axes[1], 1)):
+            mean = 100 * arr[:, :, col].mean(0)
+            line, = ax.plot(steps, mean, label=f"{label} (n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(steps, 100 * arr[:, :, col].min(0), 100 * arr[:, :, col].max(0),
+                                color=line.get_color(), alpha=0.15)
+    axes[0].set_ylabel("held-out SV EER (%)")
+    axes[1].set_ylabel("held-out sync@1 (%)")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    files.write_atomic(path, buf.getvalue())
+    print(f"wrote {path}")
+
 
 class _StopAfterMinutes(keras.callbacks.Callback):
     """Ends training at the first epoch end after `minutes` of wall time."""
@@ -399,7 +608,8 @@ class _StopAfterMinutes(keras.callbacks.Callback):
 
 
 def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, seed: int,
-          steps: int | None, minutes: float | None) -> tuple[DisentangleModel, dict]:
+          steps: int | None, minutes: float | None,
+          curve: Curve | None = None) -> tuple[DisentangleModel, dict]:
     """Trains one configuration; `steps` fixed (rounded up to whole epochs of
     `preset.steps_per_epoch`), or (if None) as many whole epochs as fit in `minutes` (the
     caller then fixes that count for the other configurations). One `fit` call, so the input
@@ -415,12 +625,16 @@ def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, s
         epochs, callbacks = -(-steps // spe), []
     else:
         epochs, callbacks = 10**6, [_StopAfterMinutes(minutes)]
+    if curve is not None:
+        callbacks.append(curve)
     t0 = time.time()
     h = model.fit(dataset, steps_per_epoch=spe, epochs=epochs, callbacks=callbacks, verbose=0)
     wall = time.time() - t0
     history = {k: [round(float(v), 4) for v in values] for k, values in h.history.items()}
     done = len(history["loss"]) * spe
     info = {"steps": done, "train_seconds": wall, "history": history}
+    if curve is not None:
+        info["curve"] = [list(p) for p in curve.points]
     print(f"[train] {name}: {done} steps in {wall:.1f} s ({wall / done:.2f} s/step incl. "
           f"tracing); last epoch: content_loss {history['content_loss'][-1]:.3f} "
           f"content_acc {history['content_acc'][-1]:.3f} identity_loss "
@@ -457,11 +671,10 @@ def load_real_windows(shards: list[str], window: int, labels: dict[str, str],
     identities = sorted({labels.get(rel[id(t)], rel[id(t)]) for t in tracks})
     cols = {k: [] for k in ("frames", "audio", "track", "identity", "track_index", "start",
                             "units")}
-    spf = records.SAMPLES_PER_FRAME
     for i, t in enumerate(tracks):
-        for start in range(0, t["frames"].shape[0] - window + 1, window):
-            cols["frames"].append(t["frames"][start:start + window])
-            cols["audio"].append(t["audio"][start * spf:(start + window) * spf])
+        for start, frames, audio in fixed_windows(t["frames"], t["audio"], window):
+            cols["frames"].append(frames)
+            cols["audio"].append(audio)
             cols["track"].append(i)
             cols["identity"].append(identities.index(labels.get(rel[id(t)], rel[id(t)])))
             cols["track_index"].append(0)
@@ -518,47 +731,186 @@ def run_real(configs: dict[str, LossConfig], steps: int, seed: int) -> int:
 
 # === Report ===
 
-COLUMNS = (  # key, header, format (percent)
-    ("sync_top1_raw_bn", "sync@1 rawBN", "{:5.1f}"),
-    ("sv_eer_raw_bn", "SVEER rawBN", "{:5.1f}"),
-    ("sync_top1", "sync@1", "{:5.1f}"),
-    ("sync_offset_acc", "sync-off", "{:5.1f}"),
-    ("sv_eer", "SV EER", "{:5.1f}"),
-    ("xmodal_eer", "F-V EER", "{:5.1f}"),
-    ("sv_eer_content_emb", "SV EER(c)", "{:5.1f}"),
-    ("content_probe_audio_identity", "unit|a-id", "{:5.1f}"),
-    ("content_probe_audio_content", "unit|a-c", "{:5.1f}"),
-    ("identity_probe_audio_content", "id|a-c", "{:5.1f}"),
-    ("identity_probe_audio_identity", "id|a-id", "{:5.1f}"),
+COLUMNS = (  # key, header (all percent)
+    ("sync_top1_raw_bn", "sync@1 rawBN"),
+    ("sv_eer_raw_bn", "SVEER rawBN"),
+    ("sync_top1", "sync@1"),
+    ("sync_offset_acc", "sync-off"),
+    ("sv_eer", "SV EER"),
+    ("xmodal_eer", "F-V EER"),
+    ("sv_eer_content_emb", "SV EER(c)"),
+    ("content_probe_audio_identity", "unit|a-id"),
+    ("content_probe_mlp_audio_identity", "unit|a-id MLP"),
+    ("content_probe_audio_content", "unit|a-c"),
+    ("content_probe_mlp_audio_content", "unit|a-c MLP"),
+    ("identity_probe_audio_content", "id|a-c"),
+    ("identity_probe_mlp_audio_content", "id|a-c MLP"),
+    ("identity_probe_audio_identity", "id|a-id"),
+    ("identity_probe_mlp_audio_identity", "id|a-id MLP"),
 )
+TRIAL_SE_KEYS = ("sv_eer", "xmodal_eer", "sync_top1")  # keys with a bootstrap `{key}_se`
+CELL = 15
+
+
+def t_quantile(n: int) -> float:
+    """0.975 quantile of Student's t with n - 1 degrees of freedom (nan for n < 2)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1)) if n >= 2 else float("nan")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean, std (ddof 1), 95% t-interval half-width over runs (seeds x worlds) of every float
+    metric, and the trial-sampling SE of the row mean of each `TRIAL_SE_KEYS` key: per world the
+    mean over seeds of se^2 (the test trials are the same for every seed of a world), averaged
+    over worlds and divided by the number of worlds, square-rooted."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, float)]
+    n = len(runs)
+    out = {"n": n, "mean": {}, "std": {}, "ci95": {}, "trial_se": {}}
+    for k in keys:
+        vals = np.array([r[k] for r in runs], np.float64)
+        out["mean"][k] = float(vals.mean())
+        out["std"][k] = float(vals.std(ddof=1)) if n > 1 else 0.0
+        out["ci95"][k] = (t_quantile(n) * out["std"][k] / np.sqrt(n)) if n > 1 else float("nan")
+    worlds = sorted({r["data_seed"] for r in runs})
+    for k in TRIAL_SE_KEYS:
+        if f"{k}_se" in runs[0]:
+            per_world = [np.mean([r[f"{k}_se"] ** 2 for r in runs if r["data_seed"] == w])
+                         for w in worlds]
+            out["trial_se"][k] = float(np.sqrt(np.mean(per_world) / len(worlds)))
+    return out
+
+
+def paired_difference(runs: list[dict], ref_runs: list[dict], key: str,
+                      trial_se: float) -> dict:
+    """Difference (row - reference) of `key`, paired by (seed, data_seed): mean, 95%
+    t-interval half-width, and `significant`: the interval excludes 0 and |mean| > 2 x
+    `trial_se` (trial-sampling SE of the difference; 0 where unknown). Needs >= 2 pairs."""
+    ref = {(r["seed"], r["data_seed"]): r[key] for r in ref_runs}
+    d = np.array([r[key] - ref[(r["seed"], r["data_seed"])] for r in runs
+                  if (r["seed"], r["data_seed"]) in ref], np.float64)
+    n = len(d)
+    if n == 0:
+        return {"n": 0, "mean": float("nan"), "ci95": float("nan"), "significant": False}
+    mean = float(d.mean())
+    ci = t_quantile(n) * float(d.std(ddof=1)) / np.sqrt(n) if n > 1 else float("nan")
+    significant = bool(n > 1 and abs(mean) > ci and abs(mean) > 2 * trial_se)
+    return {"n": n, "mean": mean, "ci95": float(ci), "trial_se": trial_se,
+            "significant": significant}
+
+
+def make_rows(results: dict[str, list[dict]], timings: dict[str, list[dict]]) -> list[dict]:
+    """One summarised row per configuration, with paired differences against REFERENCE."""
+    rows = []
+    for name, runs in results.items():
+        t = timings[name]
+        row = {"config": name, "num_runs": len(runs), **summarise(runs), "runs": runs,
+               "steps": t[0]["steps"],
+               "train_seconds": float(np.mean([x["train_seconds"] for x in t])),
+               "eval_seconds": float(np.mean([x["eval_seconds"] for x in t])),
+               "training": t, "vs_reference": {}}
+        rows.append(row)
+    ref = next((r for r in rows if r["config"] == REFERENCE), None)
+    for row in rows:
+        if ref is None or row is ref or row["config"] == UNTRAINED:
+            continue
+        for key, _ in COLUMNS:
+            if key in row["mean"] and key in ref["mean"]:
+                se = float(np.hypot(row["trial_se"].get(key, 0.0), ref["trial_se"].get(key, 0.0)))
+                row["vs_reference"][key] = paired_difference(row["runs"], ref["runs"], key, se)
+    return rows
+
+
+def _cell(mean: float, ci: float, mark: bool) -> str:
+    text = f"{100 * mean:.1f}" + (f"±{100 * ci:.1f}" if np.isfinite(ci) else "")
+    return text + ("*" if mark else "")
 
 
 def format_table(rows: list[dict], chance: dict) -> str:
+    """Mean ± 95% interval half-width (over seeds x worlds) per cell, `*` where the paired
+    difference to REFERENCE is larger than its spread; then the trial-sampling SEs."""
     name_w = max(len(r["config"]) for r in rows) + 2
-    head = f"{'configuration':<{name_w}}" + "".join(f"{h:>13}" for _, h, _ in COLUMNS)
-    head += f"{'steps':>7}{'train s':>9}{'eval s':>8}"
+    head = f"{'configuration':<{name_w}}" + "".join(f"{h:>{CELL}}" for _, h in COLUMNS)
+    head += f"{'SV tSE':>8}{'F-V tSE':>8}{'sync tSE':>9}{'n':>4}{'steps':>7}{'train s':>9}"
+    head += f"{'eval s':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         line = f"{r['config']:<{name_w}}"
-        for key, _, fmt in COLUMNS:
+        for key, _ in COLUMNS:
             if key not in r["mean"]:
-                line += f"{'-':>13}"
+                line += f"{'-':>{CELL}}"
                 continue
-            mean, std = r["mean"][key], r["std"][key]
-            cell = fmt.format(100 * mean) + (f"±{100 * std:.1f}" if r["num_seeds"] > 1 else "")
-            line += f"{cell:>13}"
-        line += f"{r['steps']:>7}{r['train_seconds']:>9.1f}{r['eval_seconds']:>8.1f}"
+            mark = r["vs_reference"].get(key, {}).get("significant", False)
+            line += f"{_cell(r['mean'][key], r['ci95'][key], mark):>{CELL}}"
+        for key, width in (("sv_eer", 8), ("xmodal_eer", 8), ("sync_top1", 9)):
+            se = r["trial_se"].get(key)
+            line += f"{100 * se:>{width}.1f}" if se is not None else f"{'-':>{width}}"
+        line += (f"{r['num_runs']:>4}{r['steps']:>7}{r['train_seconds']:>9.1f}"
+                 f"{r['eval_seconds']:>8.1f}")
         lines.append(line)
     line = f"{'chance':<{name_w}}"
-    for key, _, fmt in COLUMNS:
-        line += f"{fmt.format(100 * chance[key]) if key in chance else '':>13}"
+    for key, _ in COLUMNS:
+        line += f"{100 * chance[key]:>{CELL}.1f}" if key in chance else f"{'':>{CELL}}"
     lines.append(line)
+    return "\n".join(lines)
+
+
+DIFF_KEYS = ("sync_top1", "sv_eer", "xmodal_eer", "content_probe_audio_identity",
+             "content_probe_mlp_audio_identity", "identity_probe_audio_content",
+             "identity_probe_mlp_audio_content")
+
+
+def format_differences(rows: list[dict]) -> str:
+    """Paired differences (row - REFERENCE) in points: mean ± 95% interval, `*` significant."""
+    name_w = max(len(r["config"]) for r in rows) + 2
+    headers = dict(COLUMNS)
+    lines = [f"differences to '{REFERENCE}' (points, paired by seed x world; * = 95% interval "
+             f"excludes 0 and |diff| > 2 trial-sampling SE)",
+             f"{'configuration':<{name_w}}" + "".join(f"{headers[k]:>{CELL}}" for k in DIFF_KEYS)]
+    for r in rows:
+        if not r["vs_reference"]:
+            continue
+        line = f"{r['config']:<{name_w}}"
+        for k in DIFF_KEYS:
+            d = r["vs_reference"].get(k)
+            cell = "-" if d is None or d["n"] == 0 else (
+                f"{100 * d['mean']:+.1f}" + (f"±{100 * d['ci95']:.1f}" if np.isfinite(d["ci95"])
+                                             else "") + ("*" if d["significant"] else ""))
+            line += f"{cell:>{CELL}}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def format_correlation_summary(by_corr: dict[float, list[dict]]) -> str:
+    """Held-out (uncorrelated) SV EER and sync@1 of every configuration per training-world
+    correlation: mean ± 95% interval (`*`: differs from REFERENCE beyond its spread)."""
+    corrs = sorted(by_corr)
+    names = list(dict.fromkeys(r["config"] for c in corrs for r in by_corr[c]))
+    name_w = max(len(n) for n in names) + 2
+    head = f"{'configuration':<{name_w}}" + "".join(
+        f"{f'SV EER c={c:g}':>{CELL}}" for c in corrs) + "".join(
+        f"{f'sync@1 c={c:g}':>{CELL}}" for c in corrs)
+    lines = ["held-out (uncorrelated content) results by training-world content-identity "
+             "correlation c", head]
+    for name in names:
+        line = f"{name:<{name_w}}"
+        for key in ("sv_eer", "sync_top1"):
+            for c in corrs:
+                row = next((r for r in by_corr[c] if r["config"] == name), None)
+                if row is None:
+                    line += f"{'-':>{CELL}}"
+                    continue
+                mark = row["vs_reference"].get(key, {}).get("significant", False)
+                line += f"{_cell(row['mean'][key], row['ci95'][key], mark):>{CELL}}"
+        lines.append(line)
     return "\n".join(lines)
 
 
 LEGEND = """\
 All numbers in %, evaluated on held-out identities unless noted; lower is better for EERs and
-for the two leakage probes (unit|a-id, id|a-c), higher is better for the rest.
+for the leakage probes (unit|a-id, id|a-c), higher is better for the rest. Each cell: mean ± 95%
+t-interval half-width over seeds x worlds (no interval with one run); * = the paired difference
+to 'both (shared trunk)' is larger than its spread (see the differences table).
   ...rawBN   sync@1 / SV EER with the moving BatchNorm statistics left by training; all other
              columns are after re-estimating them with the final weights (precise BN)
   sync@1     face content step t picks audio content step t among the window's T' steps
@@ -566,33 +918,75 @@ for the two leakage probes (unit|a-id, id|a-c), higher is better for the rest.
   SV EER     speaker verification EER, audio identity embeddings, all held-out track pairs
   F-V EER    face->voice cross-modal EER (face identity of track a vs voice of track b != a)
   SV EER(c)  the same SV EER using audio CONTENT embeddings (identity left in content)
-  unit|a-id  linear probe: content unit of each step from the AUDIO IDENTITY embedding
-             (probe trained on train-identity tracks, tested on held-out identities)
-  unit|a-c   same probe on AUDIO CONTENT embeddings (reference: content is decodable)
-  id|a-c     linear probe: identity from window-pooled AUDIO CONTENT embedding (train
-             identities, probe tested on their held-out tracks)
-  id|a-id    same probe on AUDIO IDENTITY embeddings (reference)"""
+  unit|a-id  probe: content unit of each step from the AUDIO IDENTITY embedding (probe trained
+             on train-identity tracks, tested on held-out identities); linear, and MLP (one
+             hidden layer of 64 ReLU units) - the MLP sees non-linearly decodable information
+  unit|a-c   same probes on AUDIO CONTENT embeddings (reference: content is decodable)
+  id|a-c     probe: identity from window-pooled AUDIO CONTENT embedding (train identities,
+             probe tested on their held-out tracks); linear and MLP
+  id|a-id    same probes on AUDIO IDENTITY embeddings (reference)
+  tSE        trial-sampling standard error of the row mean (bootstrap over held-out identities,
+             200 resamples; the binomial SE at the SV EER is in the JSON: sv_eer_binomial_se)"""
+
+
+def _parse_correlations(text: str) -> list[float]:
+    """'0,0.5,0.9' -> [0.0, 0.5, 0.9]; ValueError naming the problem."""
+    try:
+        values = [float(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise ValueError(f"--correlations {text!r}: expected numbers like 0,0.5,0.9") from None
+    if not values or any(not 0.0 <= c <= 1.0 for c in values):
+        raise ValueError(f"--correlations {text!r}: values must be in [0, 1]")
+    return values
+
+
+def _json_safe(obj):
+    """NaN (e.g. the interval of a single run) -> None, so the JSON is strict."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small world and few steps (< 3 min)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--quick", action="store_true", help="small world and few steps (minutes)")
+    p.add_argument("--seeds", type=int, default=1, help="number of training seeds")
+    p.add_argument("--first_seed", type=int, default=0, help="training seeds start here")
+    p.add_argument("--data_seeds", type=int, default=1,
+                   help="number of synthetic worlds (data seeds)")
+    p.add_argument("--first_data_seed", type=int, default=0, help="data seeds start here")
+    p.add_argument("--correlations", default="0",
+                   help="comma-separated content-identity correlations of the TRAINING world "
+                        "(held-out test world: always 0), e.g. 0,0.5,0.9")
     p.add_argument("--steps", type=int, default=None, help="training steps per configuration")
     p.add_argument("--minutes_per_config", type=float, default=None,
                    help="instead of --steps: train the first configuration for this long "
                         "(whole epochs) and use its step count for all configurations")
     p.add_argument("--learning_rate", type=float, default=None,
                    help="Adam learning rate (default: the mode's, 3e-3)")
+    p.add_argument("--test_identities", type=int, default=None,
+                   help="held-out identities per world (default: the mode's, 10 full / 6 "
+                        "quick); more identities shrink the trial-sampling error")
     p.add_argument("--recalibration_batches", type=int, default=None,
                    help="precise-BN batches before evaluation; 0 evaluates raw moving stats only")
-    p.add_argument("--adversarial", action="store_true", help="also run 'both + adversarial'")
+    p.add_argument("--adversarial", action="store_true",
+                   help="ignored (kept for old command lines): 'both + adversarial' is a row")
     p.add_argument("--configs", default="",
                    help="comma-separated subset of configuration names (default: all)")
     p.add_argument("--workdir", default=os.path.join("/tmp", "av_learning"),
-                   help="cache of the generated synthetic world")
-    p.add_argument("--data_seed", type=int, default=0, help="seed of the synthetic world")
-    p.add_argument("--out", default="", help="write results JSON here")
+                   help="cache of the generated synthetic worlds, and TensorBoard curves")
+    p.add_argument("--curve_every", type=int, default=0,
+                   help="evaluate held-out sync@1 and SV EER every N steps (0: off)")
+    p.add_argument("--curve_png", default="", help="with --curve_every: write the curve plot")
+    p.add_argument("--json", "--out", dest="out", default="", help="write results JSON here")
     p.add_argument("--real", action="store_true",
                    help="smoke test on the bundled real clips (GRID + VoxCeleb2-style crops)")
     args = p.parse_args(argv)
@@ -603,12 +997,23 @@ def main(argv: list[str] | None = None) -> int:
         preset = dataclasses.replace(preset, learning_rate=args.learning_rate)
     if args.recalibration_batches is not None:
         preset = dataclasses.replace(preset, recalibration_batches=args.recalibration_batches)
+    if args.test_identities is not None:
+        if args.test_identities < 2:
+            p.error("--test_identities must be >= 2")
+        preset = dataclasses.replace(preset, test_identities=args.test_identities)
+    if args.seeds < 1 or args.data_seeds < 1:
+        p.error("--seeds and --data_seeds must be >= 1")
+    if args.curve_png and not args.curve_every:
+        p.error("--curve_png needs --curve_every N")
     steps = args.steps if args.steps is not None else (
         None if args.minutes_per_config else preset.steps)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    data_seeds = list(range(args.first_data_seed, args.first_data_seed + args.data_seeds))
+    try:
+        correlations = _parse_correlations(args.correlations)
+    except ValueError as err:
+        p.error(str(err))
     configs = dict(CONFIGS)
-    if args.adversarial:
-        configs[ADVERSARIAL[0]] = ADVERSARIAL[1]
     if args.configs:
         wanted = [c.strip() for c in args.configs.split(",")]
         unknown = [c for c in wanted if c not in configs and c != UNTRAINED]
@@ -622,87 +1027,109 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         return run_real(configs, steps or preset.steps, seeds[0])
 
-    dirs = make_world(args.workdir, preset, args.data_seed)
-    t0 = time.time()
-    win_tr = load_windows(dirs["train"], preset.window_frames)
-    win_te = load_windows(dirs["test"], preset.window_frames)
-    print(f"[data] eval windows: {len(win_tr.track)} train-identity, {len(win_te.track)} "
-          f"held-out ({len(win_te.identities)} identities, {len(win_te.track_ids)} tracks); "
-          f"loaded in {time.time() - t0:.1f} s", flush=True)
-    train_glob = os.path.join(dirs["train"], "*.tfrecord")
-
-    def recal_dataset(seed: int) -> tf.data.Dataset | None:
-        if not preset.recalibration_batches:
-            return None
-        return make_dataset(InputConfig(train_glob, batch_tracks=preset.batch_tracks,
-                                        window_frames=preset.window_frames,
-                                        face_size=preset.face_size, seed=seed + 1000))
-
-    results: dict[str, list] = {}
-    timings: dict[str, list] = {}
-    for seed in seeds:
-        if run_untrained:
-            keras.utils.set_random_seed(seed)
-            model = DisentangleModel(preset.model, LossConfig(disentangle="none"))
+    by_corr: dict[float, list[dict]] = {}
+    curves: dict[str, list] = {}
+    chance: dict = {}
+    any_run: dict = {}
+    for corr in correlations:
+        results: dict[str, list] = {}
+        timings: dict[str, list] = {}
+        for data_seed in data_seeds:
+            dirs = make_world(args.workdir, preset, data_seed, corr)
             t0 = time.time()
-            metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
-            results.setdefault(UNTRAINED, []).append(metrics)
-            timings.setdefault(UNTRAINED, []).append(
-                {"seed": seed, "steps": 0, "train_seconds": 0.0,
-                 "eval_seconds": time.time() - t0, "history": {}})
-        seed_steps = steps
-        for name, loss_config in configs.items():
-            model, info = train(name, loss_config, preset, train_glob, seed, seed_steps,
-                                args.minutes_per_config)
-            seed_steps = info["steps"]  # the first configuration fixes it for the others
-            t0 = time.time()
-            metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
-            info["eval_seconds"] = time.time() - t0
-            info["seed"] = seed
-            print(f"[eval]  {name} (seed {seed}, {info['eval_seconds']:.1f} s): "
-                  + ", ".join(f"{k} {100 * metrics[k]:.1f}" for k, _, _ in COLUMNS), flush=True)
-            results.setdefault(name, []).append(metrics)
-            timings.setdefault(name, []).append(info)
+            win_tr = load_windows(dirs["train"], preset.window_frames)
+            win_te = load_windows(dirs["test"], preset.window_frames)
+            print(f"[data] correlation {corr:g}, world {data_seed}: eval windows "
+                  f"{len(win_tr.track)} train-identity, {len(win_te.track)} held-out "
+                  f"({len(win_te.identities)} identities, {len(win_te.track_ids)} tracks); "
+                  f"loaded in {time.time() - t0:.1f} s", flush=True)
+            train_glob = os.path.join(dirs["train"], "*.tfrecord")
 
-    rows = []
-    for name, runs in results.items():
-        keys = [k for k, v in runs[0].items() if isinstance(v, float)]
-        t = timings[name]
-        rows.append({
-            "config": name, "num_seeds": len(runs),
-            "mean": {k: float(np.mean([r[k] for r in runs])) for k in keys},
-            "std": {k: float(np.std([r[k] for r in runs])) for k in keys},
-            "per_seed": runs, "steps": t[0]["steps"],
-            "train_seconds": float(np.mean([x["train_seconds"] for x in t])),
-            "eval_seconds": float(np.mean([x["eval_seconds"] for x in t])),
-            "training": t,
-        })
-    any_run = next(iter(results.values()))[0]
-    chance = {"sync_top1": 1.0 / any_run["num_steps"],
-              "sync_top1_raw_bn": 1.0 / any_run["num_steps"], "sv_eer_raw_bn": 0.5,
-              "sync_offset_acc": 1.0 / (2 * preset.offset_steps + 1),
-              "sv_eer": 0.5, "xmodal_eer": 0.5, "sv_eer_content_emb": 0.5,
-              "content_probe_audio_identity": any_run["content_probe_chance"],
-              "content_probe_audio_content": any_run["content_probe_chance"],
-              "identity_probe_audio_content": any_run["identity_probe_chance"],
-              "identity_probe_audio_identity": any_run["identity_probe_chance"]}
+            def recal_dataset(seed: int) -> tf.data.Dataset | None:
+                if not preset.recalibration_batches:
+                    return None
+                return make_dataset(InputConfig(train_glob, batch_tracks=preset.batch_tracks,
+                                                window_frames=preset.window_frames,
+                                                face_size=preset.face_size, seed=seed + 1000))
+
+            for seed in seeds:
+                tag = {"seed": seed, "data_seed": data_seed}
+                if run_untrained:
+                    keras.utils.set_random_seed(seed)
+                    model = DisentangleModel(preset.model, LossConfig(disentangle="none"))
+                    t0 = time.time()
+                    metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
+                    results.setdefault(UNTRAINED, []).append({**metrics, **tag})
+                    timings.setdefault(UNTRAINED, []).append(
+                        {**tag, "steps": 0, "train_seconds": 0.0,
+                         "eval_seconds": time.time() - t0, "history": {}})
+                seed_steps = steps
+                for name, loss_config in configs.items():
+                    curve = None
+                    if args.curve_every:
+                        logdir = os.path.join(args.workdir, "curves", f"corr{corr:g}",
+                                              f"world{data_seed}", f"seed{seed}", _slug(name))
+                        curve = Curve(win_te, args.curve_every, logdir, preset.offset_steps)
+                    model, info = train(name, loss_config, preset, train_glob, seed,
+                                        seed_steps, args.minutes_per_config, curve)
+                    seed_steps = info["steps"]  # the first configuration fixes it for the rest
+                    t0 = time.time()
+                    metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
+                    info["eval_seconds"] = time.time() - t0
+                    info.update(tag)
+                    print(f"[eval]  {name} (corr {corr:g}, world {data_seed}, seed {seed}, "
+                          f"{info['eval_seconds']:.1f} s): "
+                          + ", ".join(f"{k} {100 * metrics[k]:.1f}" for k, _ in COLUMNS),
+                          flush=True)
+                    results.setdefault(name, []).append({**metrics, **tag})
+                    timings.setdefault(name, []).append(info)
+                    if curve is not None:
+                        label = name if len(correlations) == 1 else f"{name}, c={corr:g}"
+                        curves.setdefault(label, []).append(info["curve"])
+        by_corr[corr] = make_rows(results, timings)
+        any_run = next(iter(results.values()))[0]
+        chance = {"sync_top1": 1.0 / any_run["num_steps"],
+                  "sync_top1_raw_bn": 1.0 / any_run["num_steps"], "sv_eer_raw_bn": 0.5,
+                  "sync_offset_acc": 1.0 / (2 * preset.offset_steps + 1),
+                  "sv_eer": 0.5, "xmodal_eer": 0.5, "sv_eer_content_emb": 0.5}
+        for key, _ in COLUMNS:
+            if key.startswith("content_probe"):
+                chance[key] = any_run["content_probe_chance"]
+            if key.startswith("identity_probe"):
+                chance[key] = any_run["identity_probe_chance"]
+
     total = time.time() - t_start
     print()
-    print(f"mode {'quick' if args.quick else 'full'}; seeds {seeds}; world: "
-          f"{preset.train_identities} train + {preset.test_identities} held-out identities x "
-          f"{preset.tracks_per_identity} tracks x {preset.num_frames} frames, "
-          f"{preset.face_size}px; window {preset.window_frames} frames (T'="
-          f"{any_run['num_steps']}), batch {preset.batch_tracks} tracks, Adam lr "
-          f"{preset.learning_rate}; model {preset.model}")
-    print(format_table(rows, chance))
+    print(f"mode {'quick' if args.quick else 'full'}; training seeds {seeds} x worlds "
+          f"(data seeds) {data_seeds}; world: {preset.train_identities} train + "
+          f"{preset.test_identities} held-out identities x {preset.tracks_per_identity} tracks x "
+          f"{preset.num_frames} frames, {preset.face_size}px; window {preset.window_frames} "
+          f"frames (T'={any_run['num_steps']}), batch {preset.batch_tracks} tracks, Adam lr "
+          f"{preset.learning_rate}; held-out trials per world: SV {any_run['sv_targets']} "
+          f"target / {any_run['sv_trials']}; model {preset.model}")
+    for corr in correlations:
+        print(f"\n== training-world content-identity correlation {corr:g} (held-out test "
+              f"world uncorrelated) ==")
+        print(format_table(by_corr[corr], chance))
+        if any(r["vs_reference"] for r in by_corr[corr]):
+            print(format_differences(by_corr[corr]))
+    if len(correlations) > 1:
+        print()
+        print(format_correlation_summary(by_corr))
     print(LEGEND)
+    if args.curve_png and curves:
+        plot_curves(args.curve_png, curves,
+                    f"held-out sync@1 and SV EER during training (raw BN statistics); "
+                    f"seeds {seeds} x worlds {data_seeds}")
     print(f"total wall time {total:.1f} s (shared CPU: timings are noisy)")
     if args.out:
         payload = {"mode": "quick" if args.quick else "full", "seeds": seeds,
+                   "data_seeds": data_seeds, "correlations": correlations,
                    "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
-                   "chance": chance, "rows": rows, "total_seconds": total}
-        with open(args.out, "w") as fh:
-            json.dump(payload, fh, indent=1)
+                   "chance": chance, "total_seconds": total,
+                   "tables": [{"correlation": c, "rows": by_corr[c]} for c in correlations],
+                   "curves": curves}
+        files.write_json_atomic(args.out, _json_safe(payload), indent=1)
         print(f"wrote {args.out}")
     return 0
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Few labels: does self-supervised pretraining help a speaker embedding trained with labels?
 
-Usage:
-    python benchmarks/limited_labels.py [--quick] [--seeds 3] [--steps N] [--pretrain_steps N]
+Usage (from the repository root: it imports `benchmarks.learning`):
+    python -m benchmarks.limited_labels [--quick] [--seeds 3] [--steps N] [--pretrain_steps N]
         [--budgets 1,2,4,0] [--learning_rate LR] [--workdir /tmp/av_learning] [--json OUT]
 
 The paper's limited-label comparison on the synthetic talking-heads world
@@ -45,22 +45,18 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-import learning  # noqa: E402  (benchmarks/learning.py: world, pretraining, SV EER)
-from av_disentangle import checkpoints  # noqa: E402
+from av_disentangle import checkpoints, files  # noqa: E402
 from av_disentangle.config import LossConfig, to_dict  # noqa: E402
 from av_disentangle.supervised import SpeakerClassifier, build_supervised_model  # noqa: E402
 from av_disentangle.supervised_config import SupervisedConfig  # noqa: E402
+from benchmarks import learning  # noqa: E402  (world, pretraining, SV EER)
 from pipelines.labelled import (LabelledAudio, load_labelled_audio,  # noqa: E402
                                 make_labelled_dataset)
 
@@ -137,9 +133,9 @@ def pretrain(setting: Setting, train_glob: str, seed: int, run_dir: str):
     model, info = learning.train("self-supervised pretraining", loss_config, setting.world,
                                  train_glob, seed, setting.pretrain_steps, None)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    checkpoints.write_json_atomic(os.path.join(run_dir, "config.json"),
-                                  {"model": to_dict(setting.world.model),
-                                   "loss": to_dict(loss_config)})
+    files.write_json_atomic(os.path.join(run_dir, "config.json"),
+                            {"model": to_dict(setting.world.model),
+                             "loss": to_dict(loss_config)})
     checkpoints.save_weights_atomic(
         model, os.path.join(run_dir, "checkpoints", "epoch-001.weights.h5"))
     return model, info
@@ -186,13 +182,6 @@ def format_table(rows: list[dict], tracks_per_identity: int) -> str:
         lines.append(f"| {label} | {r['arm']} | {mean_std(r['eer'])} | {delta} | {loss} | "
                      f"{acc} | {np.mean(r['train_seconds']):.1f} |")
     return "\n".join(lines)
-
-
-def write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                    "data_seed": args.data_seed,
                    "setting": json.loads(json.dumps(dataclasses.asdict(setting))),
                    "rows": rows, "total_seconds": total}
-        write_json(args.json, payload)
+        files.write_json_atomic(args.json, payload, indent=1)
         print(f"wrote {args.json}")
     return 0
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import pathlib
 import sys
 import tempfile
 import time
@@ -31,11 +29,9 @@ from unittest import mock
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipelines import prepare, records  # noqa: E402
-from pipelines.input import InputConfig, input_statistics, record_batches  # noqa: E402
+from av_disentangle import constants, files
+from pipelines import prepare
+from pipelines.input import InputConfig, input_statistics, record_batches
 
 TINY_FRAMES = 2  # frames per simulated track; statistics use window_frames=TINY_FRAMES
 
@@ -52,7 +48,7 @@ def simulated_specs(identities: int, videos: int, tracks: int) -> list[prepare.C
 def _tiny_clip(spec: prepare.ClipSpec, config: prepare.PrepareConfig,
                threads: int = 0) -> prepare.ClipResult:
     frames = np.zeros((TINY_FRAMES, config.face_size, config.face_size, 3), np.uint8)
-    audio = np.zeros(TINY_FRAMES * records.SAMPLES_PER_FRAME, np.int16)
+    audio = np.zeros(TINY_FRAMES * constants.SAMPLES_PER_FRAME, np.int16)
     return prepare.ClipResult(spec, frames=frames, audio=audio)
 
 
@@ -146,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['uniform_same_video_pairs']:8.3f} {r['distinct_identities']:13.2f} "
               f"{r['uniform_distinct_identities']:8.2f} {r['used_per_pass']:10.4f}")
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"args": vars(args), "rows": rows}, fh, indent=1)
-        os.replace(tmp, args.json)
+        files.write_json_atomic(args.json, {"args": vars(args), "rows": rows}, indent=1)
     return 0
 
 

@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import sys
 import time
 
 import numpy as np
 
+from av_disentangle import files
+from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REFERENCE_PARAMS = 13_840_512  # SyncNetModelFBank(nOut=1024), trainable
 
@@ -69,9 +69,9 @@ def make_inputs(batch: int, frames: int, face_size: int, seed: int = 0) -> dict[
     loader reads them (dataLoader.loadWAV: max_frames * 160 + 240 samples)."""
     rng = np.random.default_rng(seed)
     return {
-        "frames": rng.integers(0, 256, (batch, frames, face_size, face_size, 3), dtype=np.uint8),
-        "audio": (0.1 * rng.normal(size=(batch, frames * 640 + 240))).astype(np.float32),
-        "audio_2": (0.1 * rng.normal(size=(batch, frames * 640 + 240))).astype(np.float32),
+        FRAMES: rng.integers(0, 256, (batch, frames, face_size, face_size, 3), dtype=np.uint8),
+        AUDIO: (0.1 * rng.normal(size=(batch, frames * 640 + 240))).astype(np.float32),
+        AUDIO_2: (0.1 * rng.normal(size=(batch, frames * 640 + 240))).astype(np.float32),
     }
 
 
@@ -88,7 +88,7 @@ def bench_ours(size: str, mode: str, batch: int, frames: int, steps: int, warmup
     config = dataclasses.replace(MODEL_SIZES[size](), temporal_stride=stride)
     arrays = make_inputs(batch, frames, config.face_size)
     if not audio_2:
-        del arrays["audio_2"]
+        del arrays[AUDIO_2]
     device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
     with tf.device(device):
         data = {k: tf.identity(v) for k, v in arrays.items()}
@@ -232,8 +232,8 @@ def bench_torch_reference(batch: int, frames: int, steps: int, warmup: int = 2,
     grad_scaler = torch.amp.GradScaler("cuda", enabled=mixed)
     arrays = make_inputs(batch, frames, face_size)
     # The reference feeds cv2's 0..255 values as float32, (N, 3, T, H, W).
-    video = torch.tensor(arrays["frames"]).permute(0, 4, 1, 2, 3).float().contiguous().to(device)
-    audio = torch.tensor(arrays["audio"]).to(device)
+    video = torch.tensor(arrays[FRAMES]).permute(0, 4, 1, 2, 3).float().contiguous().to(device)
+    audio = torch.tensor(arrays[AUDIO]).to(device)
     label_id = torch.arange(batch, device=device)
 
     def step():
@@ -279,14 +279,6 @@ def bench_torch_reference(batch: int, frames: int, steps: int, warmup: int = 2,
     return {"examples_per_s": batch * steps / elapsed, "ms_per_step": 1000 * elapsed / steps,
             "trainable_params": int(params), "steps_out": int(steps_out),
             "loss": float(loss.detach()), "device": device}
-
-
-def write_json(path: str, result: dict) -> None:
-    """Writes `result` to `path` via a temp file and rename."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -338,7 +330,7 @@ def main() -> None:
                 result["ratio_ours_reference_none_vs_torch"] = ratio
                 print(f"ratio ours reference/none vs torch reference: {ratio:.2f}x")
     if args.json:
-        write_json(args.json, result)
+        files.write_json_atomic(args.json, result, indent=1)
 
 
 if __name__ == "__main__":

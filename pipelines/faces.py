@@ -17,9 +17,13 @@ import functools
 import cv2
 import numpy as np
 
+from av_disentangle.errors import UserError
 
-class NoFaceError(Exception):
-    """Not enough frames with a detected face; `detail` says how many."""
+
+class NoFaceError(UserError):
+    """Not enough frames with a detected face; `detail` says how many. `prepare` records it
+    as the clip's skip reason; where it reaches a command (evaluation of an uncropped video)
+    it is the user's input that has no usable face: one line, exit 2."""
 
     def __init__(self, detail: str) -> None:
         self.detail = detail

@@ -28,11 +28,16 @@ import logging
 import math
 import os
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from av_disentangle.constants import (AUDIO, AUDIO_2, FRAMES, SAMPLES_PER_FRAME, TRACK_ID,
+                                      VIDEO_ID)
+from av_disentangle.errors import UserError, run_cli
+from av_disentangle.files import write_json_atomic
+from av_disentangle.logs import setup_logging
 from pipelines import records
 
 log = logging.getLogger(__name__)
@@ -152,9 +157,32 @@ def window_starts(num_frames: tf.Tensor, window: int, seed_1,
     return start(index_1), start(index_2)
 
 
+def window_slices(start, window: int) -> tuple[slice, slice]:
+    """(frame slice, audio-sample slice) of the `window` video frames from frame `start`:
+    frames [start, start + T) and audio samples [start * 640, (start + T) * 640), the same
+    40 ms per frame (alignment contract in `pipelines.records`). `start` may be an int or a
+    scalar tensor; the slices index numpy arrays and tensors alike."""
+    return (slice(start, start + window),
+            slice(start * SAMPLES_PER_FRAME, (start + window) * SAMPLES_PER_FRAME))
+
+
+def fixed_windows(frames: np.ndarray, audio: np.ndarray,
+                  window: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The deterministic evaluation windows of one track: non-overlapping, from frame 0.
+
+    Args:
+      frames: (F, S, S, 3) uint8; audio: (F * 640,) of the same track.
+    Yields:
+      (start, frames (T, S, S, 3), audio (T * 640,)) for start = 0, T, 2T, ... <= F - T.
+    """
+    for start in range(0, frames.shape[0] - window + 1, window):
+        frame_slice, audio_slice = window_slices(start, window)
+        yield start, frames[frame_slice], audio[audio_slice]
+
+
 def _decode_window(jpegs: tf.Tensor, start: tf.Tensor, window: int, size: int) -> tf.Tensor:
     """Decodes only the window's JPEGs: (F,) string -> (window, size, size, 3) uint8."""
-    frames = records.decode_frames(jpegs[start:start + window])
+    frames = records.decode_frames(jpegs[window_slices(start, window)[0]])
     if frames.shape[1] != size or frames.shape[2] != size:
         frames = tf.cast(tf.image.resize(frames, [size, size], method="area",
                                          antialias=True) + 0.5, tf.uint8)
@@ -164,7 +192,7 @@ def _decode_window(jpegs: tf.Tensor, start: tf.Tensor, window: int, size: int) -
 def make_example_fn(config: InputConfig):
     """Returns fn(index, serialized) -> dict of one track's two windows (see module doc)."""
     window = config.window_frames
-    samples = window * records.SAMPLES_PER_FRAME
+    samples = window * SAMPLES_PER_FRAME
 
     def fn(index, serialized):
         ex = records.parse_example(serialized)
@@ -174,14 +202,13 @@ def make_example_fn(config: InputConfig):
             seed_2 = tf.stack([tf.constant(config.seed, tf.int64), 2 * index + 1])
         start_1, start_2 = window_starts(ex["num_frames"], window, seed_1, seed_2)
         audio = records.decode_audio(ex["audio"])
-        spf = records.SAMPLES_PER_FRAME
-        audio_1 = tf.ensure_shape(audio[start_1 * spf:start_1 * spf + samples], [samples])
-        audio_2 = tf.ensure_shape(audio[start_2 * spf:start_2 * spf + samples], [samples])
-        out = {"frames": _decode_window(ex["frames"], start_1, window, config.face_size),
-               "audio": audio_1, "audio_2": audio_2}
+        audio_1 = tf.ensure_shape(audio[window_slices(start_1, window)[1]], [samples])
+        audio_2 = tf.ensure_shape(audio[window_slices(start_2, window)[1]], [samples])
+        out = {FRAMES: _decode_window(ex["frames"], start_1, window, config.face_size),
+               AUDIO: audio_1, AUDIO_2: audio_2}
         if config.include_ids:
-            out["track_id"] = ex["track_id"]
-            out["video_id"] = ex["video_id"]
+            out[TRACK_ID] = ex["track_id"]
+            out[VIDEO_ID] = ex["video_id"]
         return out
 
     return fn
@@ -280,7 +307,8 @@ def make_dataset(config: InputConfig) -> tf.data.Dataset:
 
     Batches of serialized records come from `record_batches` (one pass, repeated when
     `repeat`); the records are then unbatched, windowed in parallel and re-batched in the
-    same groups. Every batch is full, so every replica gets a full slice.
+    same groups. Every batch is full, so every replica gets a full slice. Sharded by data
+    across workers (`shard_by_data`).
     """
     ds = record_batches(config)
     if config.repeat:
@@ -289,7 +317,17 @@ def make_dataset(config: InputConfig) -> tf.data.Dataset:
     ds = ds.map(make_example_fn(config), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.batch(config.batch_tracks, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Under MultiWorkerMirroredStrategy every worker builds the same seeded pipeline and keeps
+    its 1/N of the batches (AutoShardPolicy.DATA; the default FILE policy would give workers
+    disjoint shards and a different batch assembly). No effect on one machine: tf.distribute
+    auto-shards across workers only."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 # === Input statistics ===
@@ -444,24 +482,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level="WARNING")
     fields = {f.name for f in dataclasses.fields(InputConfig)}
     try:
         config = InputConfig(args.stats, **{k: v for k, v in vars(args).items()
                                             if k in fields and k != "file_pattern"})
         stats = input_statistics(config, args.batches)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     print(format_statistics(stats))
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(stats, fh, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, stats, indent=1)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a `UserError` becomes one line on stderr and exit status 2."""
+    return run_cli(_main, "pipelines.input", argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Labelled audio for supervised speaker training: listing, the label budget, decoding, tf.data.
 
 Two sources:
-- a folder `ROOT/<speaker>/.../<utt>.{wav,flac,m4a}` (speaker = first folder level, any depth
-  below it; e.g. VoxCeleb1 dev `wav/<speaker>/<video>/<utt>.wav`, LibriSpeech
+- a folder `ROOT/<speaker>/.../<utt>.wav` (or any ending of `constants.AUDIO_EXTENSIONS`;
+  speaker = first folder level, any depth below it; e.g. VoxCeleb1 dev `wav/<speaker>/<video>/<utt>.wav`, LibriSpeech
   `<speaker>/<chapter>/<utt>.flac`); files directly in ROOT have no speaker and are ignored
   with a warning;
 - prepared TFRecords (`pipelines/records.py`): each track is an utterance, its `identity`
@@ -34,18 +34,19 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow as tf
 
+from av_disentangle import files
+from av_disentangle.constants import AUDIO_EXTENSIONS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from av_disentangle.errors import UserError
 from av_disentangle.supervised import AUDIO, LABEL
-from av_disentangle.training import UsageError
 from pipelines import records
-from pipelines.media import SAMPLE_RATE, MediaError, decode_audio_file
+from pipelines.media import MediaError, decode_audio_file
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a")
 _MAX_NAMED = 10  # files / speakers named in one error message
 
 
-class LabelledDataError(UsageError):
+class LabelledDataError(UserError):
     """The labelled input cannot be used; the message names the folder, file or speaker."""
 
 
@@ -111,7 +112,7 @@ def is_folder_source(source: str) -> bool:
 
 
 def list_labelled_folder(root: str) -> dict[str, list[str]]:
-    """`root/<speaker>/.../<utt>.{wav,flac,m4a}` -> {speaker: sorted relative paths}.
+    """`root/<speaker>/.../<utt>.wav` (`AUDIO_EXTENSIONS`) -> {speaker: sorted relative paths}.
 
     Raises:
       LabelledDataError: `root` is not a folder or holds no audio file under a speaker folder.
@@ -120,17 +121,12 @@ def list_labelled_folder(root: str) -> dict[str, list[str]]:
         raise LabelledDataError(f"labelled audio folder {root} does not exist")
     listing: dict[str, list[str]] = {}
     loose = 0
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in sorted(filenames):
-            if not name.lower().endswith(AUDIO_EXTENSIONS):
-                continue
-            if rel_dir == ".":
-                loose += 1
-                continue
-            speaker = rel_dir.split(os.sep)[0]
-            listing.setdefault(speaker, []).append(os.path.join(rel_dir, name))
+    for path in files.list_files(root, AUDIO_EXTENSIONS):
+        rel = os.path.relpath(path, root)
+        if os.sep not in rel:
+            loose += 1
+            continue
+        listing.setdefault(rel.split(os.sep)[0], []).append(rel)
     if loose:
         log.warning("%s: %d audio file(s) directly in the folder have no speaker folder and "
                     "are ignored (expected <speaker>/.../<utt>.wav)", root, loose)
@@ -289,10 +285,10 @@ def load_labelled_audio(source: str, *, labels_per_speaker: int = 0, num_speaker
     """Lists `source`, draws the label budget and decodes the chosen utterances.
 
     Nothing is written. Call it before the run writes any state, so that bad input stops
-    the run with a `LabelledDataError` (a `UsageError`: one line, exit 2) and no files.
+    the run with a `LabelledDataError` (a `UserError`: one line, exit 2) and no files.
 
     Args:
-      source: a folder `<speaker>/.../<utt>.{wav,flac,m4a}` or a TFRecord glob.
+      source: a folder `<speaker>/.../<utt>.wav` (or .flac, .m4a, ...) or a TFRecord glob.
       labels_per_speaker, num_speakers: the budget (0: all).
       seed: the draw's seed.
     """
@@ -309,10 +305,10 @@ def load_labelled_audio(source: str, *, labels_per_speaker: int = 0, num_speaker
 # === tf.data ===
 def crop_samples(crop_seconds: float) -> int:
     """Samples of a crop, rounded down to whole video frames (640 samples): 2.0 s -> 32000."""
-    frames = int(round(crop_seconds * SAMPLE_RATE)) // records.SAMPLES_PER_FRAME
+    frames = int(round(crop_seconds * SAMPLE_RATE)) // SAMPLES_PER_FRAME
     if frames < 13:  # the exported model needs >= 0.5 s (export.MIN_SAMPLES)
         raise ValueError(f"crop_seconds must be >= 0.52, got {crop_seconds}")
-    return frames * records.SAMPLES_PER_FRAME
+    return frames * SAMPLES_PER_FRAME
 
 
 def _crops(waveforms: tuple[np.ndarray, ...], labels: np.ndarray, length: int,

@@ -1,7 +1,7 @@
 """Decoding of talking-face videos with PyAV: frames at exactly 25 fps, audio at 16 kHz mono.
 
 This module must stay free of TensorFlow: it runs inside the preparation worker processes.
-The constants below mirror `pipelines.records` (checked by a test).
+The time base (25 fps, 16 kHz, 640 samples per frame) is `av_disentangle.constants`.
 
 Timing is taken from frame TIMESTAMPS, never from the container's declared average rate
 (real files lie: a bundled clip declares 1 fps while its frames are 0.04 s apart). Output
@@ -20,11 +20,10 @@ import os
 import av
 import numpy as np
 
-log = logging.getLogger(__name__)
+from av_disentangle.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
+from av_disentangle.errors import UserError
 
-FPS = 25.0
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = 640  # SAMPLE_RATE / FPS; must equal records.SAMPLES_PER_FRAME
+log = logging.getLogger(__name__)
 
 # Audio may be longer or shorter than the video by up to this many frames (80 ms) and is
 # then silently padded / trimmed to F * 640 samples. AAC audio comes in 1024-sample packets
@@ -35,7 +34,7 @@ DEFAULT_MAX_AV_MISMATCH_FRAMES = 2.0
 _MIN_DECODED_FRACTION = 0.9
 
 
-class MediaError(Exception):
+class MediaError(UserError):
     """A file that cannot be used. `reason` is a short machine-readable code.
 
     Codes: `corrupt` (unreadable / truncated), `no_video`, `no_audio`, `empty` (no frames
@@ -135,7 +134,7 @@ def reconcile_lengths(
     if abs(audio_frames - num_frames) > max_mismatch_frames:
         keep = min(num_frames, int(audio_frames))
         warning = (f"audio/video length mismatch: video {num_frames} frames "
-                   f"({num_frames / FPS:.2f} s), audio {audio_frames:.1f} frames "
+                   f"({num_frames / VIDEO_FPS:.2f} s), audio {audio_frames:.1f} frames "
                    f"({audio.shape[0] / SAMPLE_RATE:.2f} s); trimmed both to {keep} frames")
         num_frames = keep
         frames = frames[:keep]
@@ -207,7 +206,7 @@ def _decode_open(container, path: str, av_offset_frames: int, max_side: int | No
     if not width or not height:
         raise MediaError(path, "corrupt", "video stream has no frame size")
     out_w, out_h = _frame_size(width, height, max_side)
-    fallback_rate = float(vstream.guessed_rate or vstream.average_rate or FPS)
+    fallback_rate = float(vstream.guessed_rate or vstream.average_rate or VIDEO_FPS)
     declared_frames = int(vstream.frames or 0)
     src_rate = int(astream.codec_context.sample_rate or astream.rate or 0)
     src_channels = int(astream.codec_context.channels or 0)
@@ -222,11 +221,11 @@ def _decode_open(container, path: str, av_offset_frames: int, max_side: int | No
     prev_t: float | None = None
     diffs: list[float] = []
     decoded = 0
-    eps = 1e-3 / FPS
+    eps = 1e-3 / VIDEO_FPS
 
     def emit_until(limit: float) -> None:
         # output frame j (time video_t0 + j/25) takes prev_img while its time < limit
-        while video_t0 + len(out_frames) / FPS < limit - eps:
+        while video_t0 + len(out_frames) / VIDEO_FPS < limit - eps:
             out_frames.append(prev_img)
 
     for packet in container.demux(vstream, astream):
@@ -264,7 +263,7 @@ def _decode_open(container, path: str, av_offset_frames: int, max_side: int | No
     if declared_frames > 10 and decoded < _MIN_DECODED_FRACTION * declared_frames:
         raise MediaError(path, "corrupt",
                          f"truncated: decoded {decoded} of {declared_frames} declared frames")
-    frame_dur = float(np.median(diffs)) if diffs else 1.0 / FPS
+    frame_dur = float(np.median(diffs)) if diffs else 1.0 / VIDEO_FPS
     emit_until(prev_t + frame_dur)
     if not out_frames:
         out_frames.append(prev_img)
@@ -292,24 +291,30 @@ def _decode_open(container, path: str, av_offset_frames: int, max_side: int | No
                        source_num_frames=decoded, av_offset_frames=int(av_offset_frames))
 
 
-def decode_audio_file(path: str) -> np.ndarray:
+def decode_audio_file(path: str, sample_format: str = "s16") -> np.ndarray:
     """Decodes any FFmpeg-readable audio file (wav, flac, m4a, or a video's first audio
     stream) to (S,) int16 mono at 16 kHz, with the same PyAV resampler settings as
     `decode_clip` (s16, mono, 16 kHz).
+
+    Args:
+      sample_format: "s16" (int16, as `decode_clip`) or "flt" (float32 in [-1, 1] as FFmpeg
+        converts it; the same values / 32768 for 16-bit sources, and it keeps the NaN/Inf of
+        a float file, which "s16" would turn into full-scale samples: `evaluate` reports them).
 
     Raises:
       MediaError: `corrupt` (cannot open / decode), `no_audio`, or `empty` (no samples).
     """
     path = str(path)
+    dtype = {"s16": np.int16, "flt": np.float32}[sample_format]
     with _opened(path) as container:
         if not container.streams.audio:
             raise MediaError(path, "no_audio", "no audio stream")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        resampler = av.AudioResampler(format=sample_format, layout="mono", rate=SAMPLE_RATE)
         chunks = []
         for frame in container.decode(container.streams.audio[0]):
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
         chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
-    audio = np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
+    audio = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)
     if audio.shape[0] == 0:
         raise MediaError(path, "empty", "no audio samples decoded")
     return audio

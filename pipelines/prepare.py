@@ -57,15 +57,18 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from av_disentangle import files
+from av_disentangle.constants import VIDEO_EXTENSIONS, VIDEO_FPS
+from av_disentangle.errors import UserError, run_cli
+from av_disentangle.logs import setup_logging
 from pipelines import faces as faces_lib
-from pipelines import media
+from pipelines import media, shards
+from pipelines.shards import shard_name, sidecar_name
 
 log = logging.getLogger("pipelines.prepare")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"
-VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".avi", ".mov", ".mkv", ".webm")
-SHARD_PATTERN = "shard-*-of-*.tfrecord"
 FORMAT_VERSION = 1
 
 
@@ -210,8 +213,7 @@ def list_videos(input_dir: str | os.PathLike, detect: bool = True,
                 prefix: str = "") -> list[ClipSpec]:
     """Lists video files (recursive). track_id = `prefix` + relative path without extension."""
     root = pathlib.Path(input_dir)
-    paths = sorted(p for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    paths = files.list_files(root, VIDEO_EXTENSIONS)
     stems = collections.Counter(p.relative_to(root).with_suffix("").as_posix() for p in paths)
     specs = []
     for path in paths:
@@ -232,7 +234,7 @@ def _init_worker(parent_pid: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging(level=logging.WARNING)  # the one format, in each spawned worker
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True,
                      name="parent-watch").start()
 
@@ -259,7 +261,7 @@ def process_clip(spec: ClipSpec, config: PrepareConfig, threads: int = 0) -> Cli
         if clip.num_frames < config.min_frames:
             return ClipResult(spec, skip_reason="too_short", warnings=tuple(warnings),
                               skip_detail=f"{clip.num_frames} frames "
-                                          f"({clip.num_frames / media.FPS:.2f} s) < min_frames "
+                                          f"({clip.num_frames / VIDEO_FPS:.2f} s) < min_frames "
                                           f"{config.min_frames}")
         if spec.detect:
             face_cfg = dataclasses.replace(config.face, face_size=config.face_size)
@@ -316,40 +318,14 @@ def _results_in_order(specs: Sequence[ClipSpec], config: PrepareConfig,
 
 # === Shards ===
 
-def shard_name(index: int, total: int) -> str:
-    return f"shard-{index:05d}-of-{total:05d}.tfrecord"
-
-
 def _sidecar_path(output_dir: pathlib.Path, index: int, total: int) -> pathlib.Path:
-    return output_dir / (shard_name(index, total)[: -len(".tfrecord")] + ".json")
-
-
-def _temp_path(final: pathlib.Path) -> pathlib.Path:
-    # hidden and with a different suffix: never matches `shard-*.tfrecord`
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    return output_dir / sidecar_name(index, total)
 
 
 def _fingerprint(specs: Sequence[ClipSpec], config: PrepareConfig) -> str:
     payload = json.dumps({"version": FORMAT_VERSION, "config": dataclasses.asdict(config),
                           "inputs": [dataclasses.asdict(s) for s in specs]}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _write_text_atomic(path: pathlib.Path, write) -> None:
-    """Calls write(file) on a hidden temp file, then renames it to `path` (never partial)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json_atomic(path: pathlib.Path, obj: object) -> None:
-    _write_text_atomic(path, lambda f: json.dump(obj, f, indent=1))
 
 
 def _read_json(path: pathlib.Path) -> dict | None:
@@ -368,7 +344,8 @@ def _shard_finished(output_dir: pathlib.Path, index: int, total: int, fingerprin
 
 def _remove_stale_temps(output_dir: pathlib.Path, index: int, total: int) -> None:
     name = shard_name(index, total)
-    for stale in output_dir.glob(f".{name}.tmp-*"):
+    # this shard's temps only: other jobs may be writing other shards into the same folder
+    for stale in output_dir.glob(f"{files.TEMP_PREFIX}*-{name}{files.TEMP_SUFFIX}"):
         log.info("removing leftover temp file %s", stale)
         stale.unlink(missing_ok=True)
 
@@ -381,10 +358,10 @@ def _write_shard(output_dir: pathlib.Path, index: int, total: int, results: list
     from pipelines import records
 
     final = output_dir / shard_name(index, total)
-    tmp = _temp_path(final)
     tracks, skipped, warnings = [], [], []
-    try:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
+
+    def write(tmp: str) -> None:
+        with tf.io.TFRecordWriter(tmp) as writer:
             for r in results:
                 for w in r.warnings:
                     warnings.append({"path": r.spec.path, "track_id": r.spec.track_id,
@@ -402,18 +379,14 @@ def _write_shard(output_dir: pathlib.Path, index: int, total: int, results: list
                                "identity": r.spec.identity, "num_frames": int(r.frames.shape[0]),
                                "av_offset_frames": r.spec.av_offset_frames,
                                "source": r.spec.source, "source_path": r.spec.path})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    files.write_atomic_with(final, write)
     sidecar = {"shard": final.name, "index": index, "num_shards": total,
                "fingerprint": fingerprint, "shard_seed": config.shard_seed,
                "num_tracks": len(tracks), "tracks": tracks,
                "skipped": skipped, "warnings": warnings,
                "inputs": [r.spec.path for r in results], "finished_at": time.time()}
-    _write_json_atomic(_sidecar_path(output_dir, index, total), sidecar)
+    files.write_json_atomic(_sidecar_path(output_dir, index, total), sidecar, indent=1)
     return sidecar
 
 
@@ -464,8 +437,8 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
               "missing_shards": missing, "num_tracks": manifest["num_tracks"],
               "num_skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
               "num_warnings": len(warnings), "skipped": skipped, "warnings": warnings}
-    _write_json_atomic(out / "manifest.json", manifest)
-    _write_json_atomic(out / "report.json", report)
+    files.write_json_atomic(out / "manifest.json", manifest, indent=1)
+    files.write_json_atomic(out / "report.json", report, indent=1)
     lines = [f"Preparation report for {out}",
              f"shards: {len(valid)} of {total or 0} done" + ("" if not missing else
                                                             f" ({len(missing)} missing)"),
@@ -479,7 +452,7 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
               for s in skipped] or ["  (none)"]
     lines += ["", "Warnings (files kept):"]
     lines += [f"  {w['path']}: {w['message']}" for w in warnings] or ["  (none)"]
-    _write_text_atomic(out / "report.txt", lambda f: f.write("\n".join(lines) + "\n"))
+    files.write_text_atomic(out / "report.txt", "\n".join(lines) + "\n")
     return manifest
 
 
@@ -502,11 +475,8 @@ def plan_shards(specs: Sequence[ClipSpec], tracks_per_shard: int,
     dupes = [t for t, n in ids.items() if n > 1]
     if dupes:
         raise ValueError(f"duplicate track ids: {dupes[:5]}")
-    if seed is not None:
-        order = np.random.default_rng(int(seed)).permutation(len(specs))
-        specs = [specs[i] for i in order]
-    per = max(1, tracks_per_shard)
-    return [specs[i:i + per] for i in range(0, len(specs), per)]
+    return shards.plan_shards(specs, None if seed is None else int(seed),
+                              tracks_per_shard=tracks_per_shard)
 
 
 # === Driver ===
@@ -640,13 +610,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(level=args.log_level.upper())
+    if not 0 <= args.shard_index < args.num_shards:
+        raise UserError(f"--shard_index {args.shard_index} not in [0, --num_shards "
+                        f"{args.num_shards})")
     if not pathlib.Path(args.input).is_dir():
-        log.error("input folder %s does not exist", args.input)
-        return 2
+        raise UserError(f"input folder {args.input} does not exist")
     if args.source == "voxceleb2":
         specs = list_voxceleb2(args.input)
     else:
@@ -663,8 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{total} shards, complete={manifest['complete']}")
         return 0 if manifest["num_tracks"] else 1
     if not specs:
-        log.error("no input videos found under %s", args.input)
-        return 2
+        raise UserError(f"no input videos ({', '.join(VIDEO_EXTENSIONS)}) found under "
+                        f"{args.input}")
     log.info("%d input files, %d per shard", len(specs), config.tracks_per_shard)
     summary = prepare(specs, args.output, config, workers=args.workers,
                       num_jobs=args.num_shards, job_index=args.shard_index,
@@ -679,6 +650,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   pathlib.Path(args.output) / "report.txt")
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a `UserError` becomes one line on stderr and exit status 2."""
+    return run_cli(_main, "pipelines.prepare", argv)
 
 
 if __name__ == "__main__":

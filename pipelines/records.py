@@ -50,10 +50,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-SAMPLE_RATE = 16000
-FPS = 25.0
-SAMPLES_PER_FRAME = 640  # 16000 / 25
-MEL_FRAMES_PER_VIDEO_FRAME = 4  # 10 ms hop at 16 kHz = 160 samples; 640 / 160
+from av_disentangle.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +108,7 @@ def encode_track(track: Track, jpeg_quality: int = 90) -> bytes:
         "audio": _bytes([track.audio.astype("<i2").tobytes()]),
         "num_frames": _int(num_frames),
         "num_samples": _int(track.audio.shape[0]),
-        "fps": tf.train.Feature(float_list=tf.train.FloatList(value=[FPS])),
+        "fps": tf.train.Feature(float_list=tf.train.FloatList(value=[VIDEO_FPS])),
         "sample_rate": _int(SAMPLE_RATE),
         "height": _int(height),
         "width": _int(width),

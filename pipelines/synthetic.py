@@ -13,7 +13,9 @@ by frame, so lips and sound are synchronised exactly as the alignment contract o
 Per track (not per identity) nuisances vary like different videos of one person would: background
 and clothing colour, lighting gain and side light, head position/scale/roll and its per-frame
 jitter, blinks, pitch level (+-3%), loudness, channel colouring and noise. Nothing about the
-content depends on the identity except timing (speaking rate) and the acoustic realisation.
+content depends on the identity except timing (speaking rate) and the acoustic realisation -
+unless `content_identity_correlation` > 0: then each identity speaks mostly its own subset of
+units (`identity_units`), a training world for "novel combinations" tests.
 
 Everything is reproducible from `SyntheticConfig.seed`: identity parameters come from
 `(seed, identity_index)` only and track contents from `(seed, identity_index, track_index)`, so
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -40,12 +43,16 @@ from typing import Any
 
 import cv2
 import numpy as np
+import tqdm
 from scipy import ndimage, signal
 
-from pipelines import records
+from av_disentangle import files
+from av_disentangle.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
+from av_disentangle.errors import UserError, run_cli
+from av_disentangle.logs import setup_logging
+from pipelines import records, shards
 
-SR = records.SAMPLE_RATE
-SPF = records.SAMPLES_PER_FRAME
+log = logging.getLogger(__name__)
 
 # === Content units ===
 
@@ -70,7 +77,7 @@ UNIT_TABLE = np.array([
 ])
 _FORMANT_BANDWIDTHS = np.array([90.0, 110.0, 170.0])
 
-_SS = 2  # supersampling factor of the drawing canvas
+_SUPERSAMPLING = 2  # supersampling factor of the drawing canvas
 
 
 # === Config ===
@@ -97,6 +104,10 @@ class SyntheticConfig:
       background_per_identity: if True the background colour belongs to the identity (an easy
         identity cue); by default it is drawn per track like a different video.
       jpeg_quality: JPEG quality of the stored frames.
+      content_identity_correlation: probability (0..1) that a spoken unit is drawn from the
+        identity's own subset of units (`identity_units`) instead of all vowels: content
+        correlated with identity ("novel combinations" training world); 0 (default) is the
+        uncorrelated world, bit-identical to a config without this option.
     """
 
     num_identities: int = 40
@@ -112,8 +123,12 @@ class SyntheticConfig:
     track_variation: float = 1.0
     background_per_identity: bool = False
     jpeg_quality: int = 90
+    content_identity_correlation: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.content_identity_correlation <= 1.0:
+            raise ValueError("content_identity_correlation must be in [0, 1], got "
+                             f"{self.content_identity_correlation}")
         if self.num_identities < 1 or self.tracks_per_identity < 1:
             raise ValueError("num_identities and tracks_per_identity must be >= 1")
         if self.num_frames < 1:
@@ -278,9 +293,24 @@ def identity_params(identity_index: int, seed: int = 0) -> IdentityParams:
 
 # === Content ===
 
+OWN_UNITS_PER_IDENTITY = 3
+"""Size of an identity's own subset of vowel units (`identity_units`)."""
+
+
+def identity_units(identity_index: int, seed: int = 0) -> tuple[int, ...]:
+    """The identity's own `OWN_UNITS_PER_IDENTITY` vowel units (sorted), from which it speaks
+    with probability `SyntheticConfig.content_identity_correlation` (depends on the seed only)."""
+    rng = np.random.default_rng([int(seed), 3, int(identity_index)])
+    units = rng.choice(np.arange(1, NUM_UNITS), size=OWN_UNITS_PER_IDENTITY, replace=False)
+    return tuple(sorted(int(u) for u in units))
+
+
 def _unit_sequence(rng: np.random.Generator, num_frames: int, frames_per_unit: float,
-                   silence_prob: float) -> tuple[np.ndarray, np.ndarray]:
-    """Random units and their durations in frames; total >= num_frames (+ margin)."""
+                   silence_prob: float, own_units: tuple[int, ...] = (),
+                   correlation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Random units and their durations in frames; total >= num_frames (+ margin). With
+    `correlation` > 0 a vowel comes from `own_units` with that probability (one extra draw
+    per vowel; none at 0, so the uncorrelated world is unchanged)."""
     units, lengths = [], []
     total, prev = 0, -1
     while total < num_frames + 2:
@@ -289,6 +319,8 @@ def _unit_sequence(rng: np.random.Generator, num_frames: int, frames_per_unit: f
             n = int(rng.integers(1, 5))
         else:
             choices = [v for v in range(1, NUM_UNITS) if v != prev]
+            if correlation > 0 and rng.uniform() < correlation:
+                choices = [v for v in own_units if v != prev] or choices
             u = int(choices[rng.integers(len(choices))])
             n = int(np.clip(round(rng.gamma(6.0, frames_per_unit / 6.0)), 1,
                             round(3 * frames_per_unit)))
@@ -302,8 +334,8 @@ def _unit_sequence(rng: np.random.Generator, num_frames: int, frames_per_unit: f
 # === Audio ===
 
 def _resonator(freq: float, bandwidth: float) -> np.ndarray:
-    r = math.exp(-math.pi * bandwidth / SR)
-    return np.array([1.0, -2.0 * r * math.cos(2 * math.pi * freq / SR), r * r])
+    r = math.exp(-math.pi * bandwidth / SAMPLE_RATE)
+    return np.array([1.0, -2.0 * r * math.cos(2 * math.pi * freq / SAMPLE_RATE), r * r])
 
 
 def _rms(x: np.ndarray) -> float:
@@ -314,10 +346,10 @@ def _synthesize_audio(ident: IdentityParams, units: np.ndarray, lengths: np.ndar
                       num_frames: int, cfg: SyntheticConfig,
                       rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Source-filter synthesis of a unit sequence. Returns audio and frame-level drivers."""
-    tv = cfg.track_variation
+    variation = cfg.track_variation
     total_frames = int(lengths.sum())
-    n = total_frames * SPF
-    seg_samples = lengths * SPF
+    n = total_frames * SAMPLES_PER_FRAME
+    seg_samples = lengths * SAMPLES_PER_FRAME
     seg_start = np.concatenate([[0], np.cumsum(seg_samples)[:-1]])
     seg_idx = np.repeat(np.arange(len(units)), seg_samples)
     unit_s = units[seg_idx]
@@ -325,20 +357,21 @@ def _synthesize_audio(ident: IdentityParams, units: np.ndarray, lengths: np.ndar
     # Syllabic envelope: fast attack, slower decay, per-unit loudness, zero in silence.
     pos = np.arange(n) - seg_start[seg_idx]
     seg_len = seg_samples[seg_idx].astype(np.float64)
-    attack = np.minimum(0.03 * SR, seg_len / 3)
-    decay = np.minimum(0.07 * SR, seg_len / 2)
+    attack = np.minimum(0.03 * SAMPLE_RATE, seg_len / 3)
+    decay = np.minimum(0.07 * SAMPLE_RATE, seg_len / 2)
     env = np.clip(np.minimum(np.minimum(pos / attack, (seg_len - pos) / decay), 1.0), 0.0, 1.0)
     loud = rng.uniform(0.6, 1.0, size=len(units))
     loud[units == SILENCE] = 0.0
     env = ndimage.uniform_filter1d(env * loud[seg_idx], size=160, mode="nearest")
 
     # Harmonic source from a per-speaker wavetable, pitch contour at frame rate.
-    f0_track = ident.f0_hz * 2.0 ** (rng.uniform(-0.04, 0.04) * tv)
+    f0_track = ident.f0_hz * 2.0 ** (rng.uniform(-0.04, 0.04) * variation)
     ctrl = ndimage.uniform_filter1d(rng.standard_normal(total_frames + 2), size=7, mode="nearest")
     ctrl = ctrl / (np.std(ctrl) + 1e-9)
     f0_frames = f0_track * 2.0 ** (ident.pitch_range_octaves * np.clip(ctrl, -2.5, 2.5))
-    f0_s = np.interp(np.arange(n), (np.arange(total_frames + 2) - 0.5) * SPF, f0_frames)
-    phase = (rng.uniform() + np.cumsum(f0_s / SR)) % 1.0
+    frame_centres = (np.arange(total_frames + 2) - 0.5) * SAMPLES_PER_FRAME
+    f0_s = np.interp(np.arange(n), frame_centres, f0_frames)
+    phase = (rng.uniform() + np.cumsum(f0_s / SAMPLE_RATE)) % 1.0
     n_harm = int(max(1, min(len(ident.harmonic_phases), 7200.0 // f0_s.max())))
     k = np.arange(1, n_harm + 1)
     amps = 10.0 ** (ident.tilt_db_per_octave * np.log2(k) / 20.0)
@@ -375,24 +408,24 @@ def _synthesize_audio(ident: IdentityParams, units: np.ndarray, lengths: np.ndar
     res = signal.lfilter([1.0], _resonator(ident.timbre_hz, 350.0), voiced)
     voiced = voiced + ident.timbre_gain * res * (_rms(voiced) / _rms(res))
     voiced = signal.lfilter([1.0, -0.9], [1.0], voiced)
-    c = rng.uniform(0.0, 0.5) * tv
+    c = rng.uniform(0.0, 0.5) * variation
     voiced = signal.lfilter([1.0 - c], [1.0, -c], voiced)
 
     speech = env * voiced
     active = env > 0.1
     speech_rms = _rms(speech[active]) if np.any(active) else _rms(speech)
-    gain = 0.08 * 2.0 ** (rng.uniform(-1.0, 0.5) * tv) / speech_rms
+    gain = 0.08 * 2.0 ** (rng.uniform(-1.0, 0.5) * variation) / speech_rms
     speech = speech * gain
     noise_rms = gain * speech_rms * 10.0 ** (-cfg.audio_snr_db / 20.0)  # active speech RMS / SNR
     noise = rng.standard_normal(n) * noise_rms
     audio = speech + noise
 
-    m = num_frames * SPF
+    m = num_frames * SAMPLES_PER_FRAME
     audio = audio[:m]
     audio_i16 = np.round(np.clip(audio, -1.0, 32767 / 32768) * 32767).astype(np.int16)
-    env_f = env[:m].reshape(num_frames, SPF).mean(1)
-    w_f = weights[:m].reshape(num_frames, SPF, NUM_UNITS).mean(1)
-    f0_f = f0_s[:m].reshape(num_frames, SPF).mean(1)
+    env_f = env[:m].reshape(num_frames, SAMPLES_PER_FRAME).mean(1)
+    w_f = weights[:m].reshape(num_frames, SAMPLES_PER_FRAME, NUM_UNITS).mean(1)
+    f0_f = f0_s[:m].reshape(num_frames, SAMPLES_PER_FRAME).mean(1)
     return {"audio": audio_i16, "env": env_f, "weights": w_f, "f0": f0_f}
 
 
@@ -500,14 +533,14 @@ def _draw_face(p: _Painter, ident: IdentityParams, clothes, mouth_open: float,
 def _render_video(ident: IdentityParams, mouth_open: np.ndarray, mouth_width: np.ndarray,
                   cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     f = len(mouth_open)
-    tv = cfg.track_variation
+    variation = cfg.track_variation
     size = cfg.face_size
-    canvas_size = size * _SS
+    canvas_size = size * _SUPERSAMPLING
     # Per-track pose, background, clothes, lighting.
-    base_x = 0.5 + rng.uniform(-0.03, 0.03) * tv
-    base_y = 0.47 + rng.uniform(-0.03, 0.03) * tv
-    scale = 2.0 ** (rng.uniform(-0.08, 0.06) * tv)
-    base_roll = rng.uniform(-6.0, 6.0) * tv
+    base_x = 0.5 + rng.uniform(-0.03, 0.03) * variation
+    base_y = 0.47 + rng.uniform(-0.03, 0.03) * variation
+    scale = 2.0 ** (rng.uniform(-0.08, 0.06) * variation)
+    base_roll = rng.uniform(-6.0, 6.0) * variation
     if cfg.background_per_identity:
         bg = np.asarray(ident.background_rgb)
     else:
@@ -539,8 +572,8 @@ def _render_video(ident: IdentityParams, mouth_open: np.ndarray, mouth_width: np
         frames[i] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
     # Lighting (gain and side light) and sensor noise, vectorised over frames.
-    gain = 2.0 ** (rng.uniform(-0.2, 0.2) * tv)
-    side = rng.uniform(-0.15, 0.15) * tv
+    gain = 2.0 ** (rng.uniform(-0.2, 0.2) * variation)
+    side = rng.uniform(-0.15, 0.15) * variation
     light = gain * (1.0 + side * np.linspace(-1.0, 1.0, size))[None, None, :, None]
     out = frames.astype(np.float32) * light.astype(np.float32)
     if cfg.pixel_noise > 0:
@@ -567,7 +600,8 @@ def generate_track_ground_truth(config: SyntheticConfig, identity: int | str,
     ident = identity_params(index, config.seed)
     rng = np.random.default_rng([int(config.seed), 2, index, int(track_index)])
     units, lengths = _unit_sequence(rng, config.num_frames, ident.frames_per_unit,
-                                    config.silence_prob)
+                                    config.silence_prob, identity_units(index, config.seed),
+                                    config.content_identity_correlation)
     drivers = _synthesize_audio(ident, units, lengths, config.num_frames, config, rng)
     units_f = np.repeat(units, lengths)[:config.num_frames]
     w = drivers["weights"]
@@ -601,16 +635,24 @@ def generate_track(config: SyntheticConfig, identity: int | str, track_index: in
 
 # === Writing ===
 
+SHARD_SEED_SALT = 7
+"""Second word of the shard order's seed `[config.seed, 7]` (the order differs from the
+generator's own draws from `config.seed`)."""
+
+
 def _default_num_shards(num_tracks: int) -> int:
     return int(max(1, min(16, num_tracks // 32)))
+
+
+def _all_tracks(config: SyntheticConfig) -> list[tuple[int, int]]:
+    """(identity index, track index) of every track, identity-major."""
+    return [(i, t) for i in config.identity_indices for t in range(config.tracks_per_identity)]
 
 
 def shard_order(config: SyntheticConfig) -> list[tuple[int, int]]:
     """(identity index, track index) of every track, in the seeded random order in which
     `write_dataset` deals them round-robin into shards."""
-    jobs = [(i, t) for i in config.identity_indices for t in range(config.tracks_per_identity)]
-    order = np.random.default_rng([int(config.seed), 7]).permutation(len(jobs))
-    return [jobs[j] for j in order]
+    return shards.shuffle(_all_tracks(config), [int(config.seed), SHARD_SEED_SALT])
 
 
 def write_dataset(config: SyntheticConfig, output_dir: str, num_shards: int | None = None,
@@ -618,60 +660,55 @@ def write_dataset(config: SyntheticConfig, output_dir: str, num_shards: int | No
     """Writes every track of `config` as `shard-XXXXX-of-YYYYY.tfrecord` plus `manifest.json`.
 
     Tracks are dealt round-robin over shards in a random order seeded by `config.seed`
-    (`shard_order`), so every shard is a random sample of all identities, in random order
-    (DESIGN.md "Negatives"). The manifest holds the config, the unit table, every identity's
-    parameters and, per track in identity-major order, its shard and per-frame unit labels.
-    Every file is written under a hidden temp name and renamed when complete (shards first,
-    the manifest last), so an interrupted run leaves no partial file. Returns the shard paths.
+    (`shard_order`, `pipelines.shards.plan_shards`), so every shard is a random sample of all
+    identities, in random order (DESIGN.md "Negatives"). The manifest holds the config, the
+    unit table, every identity's parameters and, per track in identity-major order, its shard
+    and per-frame unit labels. Every file is written under a hidden temp name and all are
+    renamed once complete (shards first, the manifest last: `files.write_all_atomic`), so an
+    interrupted run leaves the previous dataset and no partial file. `verbose` shows a
+    progress bar. Returns the shard paths.
     """
     import tensorflow as tf
 
     os.makedirs(output_dir, exist_ok=True)
-    jobs = shard_order(config)
-    n_shards = int(num_shards) if num_shards else _default_num_shards(len(jobs))
-    n_shards = max(1, min(n_shards, len(jobs)))
-    names = [f"shard-{s:05d}-of-{n_shards:05d}.tfrecord" for s in range(n_shards)]
+    tracks = _all_tracks(config)
+    plan = shards.plan_shards(tracks, [int(config.seed), SHARD_SEED_SALT],
+                              num_shards=num_shards or _default_num_shards(len(tracks)))
+    names = [shards.shard_name(s, len(plan)) for s in range(len(plan))]
     paths = [os.path.join(output_dir, n) for n in names]
-    temps = [os.path.join(output_dir, f".{n}.tmp-{os.getpid()}") for n in names]
     manifest_path = os.path.join(output_dir, "manifest.json")
-    temps.append(os.path.join(output_dir, f".manifest.json.tmp-{os.getpid()}"))
-    manifest_tracks = {}
-    start = time.time()
-    writers = [tf.io.TFRecordWriter(p) for p in temps[:-1]]
-    try:
-        for j, (ident, t) in enumerate(jobs):
-            track, truth = generate_track_ground_truth(config, ident, t)
-            shard = j % n_shards
-            writers[shard].write(records.encode_track(track, jpeg_quality=config.jpeg_quality))
-            manifest_tracks[ident, t] = {
-                "track_id": track.track_id, "identity": track.identity, "identity_index": ident,
-                "track_index": t, "shard": names[shard], "num_frames": config.num_frames,
-                "units": truth["units"].tolist(),
-                "f0_hz": round(float(np.median(truth["f0_hz"])), 2),
-            }
-            if verbose and (j + 1) % 50 == 0:
-                print(f"  {j + 1}/{len(jobs)} tracks, {time.time() - start:.1f} s", flush=True)
-        for w in writers:
-            w.close()
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
-        _write_manifest(config, names, manifest_tracks, temps[-1], manifest_path)
-    finally:
-        for w in writers:
-            w.close()
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+    def write(temps: list[str]) -> None:
+        manifest_tracks = {}
+        with tqdm.tqdm(total=len(tracks), unit="track", desc=f"synthetic {output_dir}",
+                       disable=not verbose) as bar:
+            for name, tmp, shard_tracks in zip(names, temps, plan):
+                with tf.io.TFRecordWriter(tmp) as writer:
+                    for ident, t in shard_tracks:
+                        track, truth = generate_track_ground_truth(config, ident, t)
+                        writer.write(records.encode_track(track,
+                                                          jpeg_quality=config.jpeg_quality))
+                        manifest_tracks[ident, t] = {
+                            "track_id": track.track_id, "identity": track.identity,
+                            "identity_index": ident, "track_index": t, "shard": name,
+                            "num_frames": config.num_frames, "units": truth["units"].tolist(),
+                            "f0_hz": round(float(np.median(truth["f0_hz"])), 2),
+                        }
+                        bar.update(1)
+        with open(temps[-1], "w", encoding="utf-8") as fh:
+            json.dump(_manifest(config, names, manifest_tracks), fh, indent=1)
+
+    files.write_all_atomic([*paths, manifest_path], write)
+    log.info("wrote %d tracks in %d shards to %s", len(tracks), len(paths), output_dir)
     return paths
 
 
-def _write_manifest(config: SyntheticConfig, names: list[str], manifest_tracks: dict,
-                    tmp: str, path: str) -> None:
-    manifest = {
+def _manifest(config: SyntheticConfig, names: list[str], manifest_tracks: dict) -> dict:
+    return {
         "format": "av-disentangle synthetic v1",
         "config": dataclasses.asdict(config),
         "generator_version": GENERATOR_VERSION,
-        "sample_rate": SR, "fps": records.FPS, "samples_per_frame": SPF,
+        "sample_rate": SAMPLE_RATE, "fps": VIDEO_FPS, "samples_per_frame": SAMPLES_PER_FRAME,
         "units": [{"index": u, "name": UNIT_NAMES[u],
                    "formants_hz": UNIT_TABLE[u, :3].tolist(),
                    "mouth_open": float(UNIT_TABLE[u, 3]), "mouth_width": float(UNIT_TABLE[u, 4])}
@@ -681,9 +718,6 @@ def _write_manifest(config: SyntheticConfig, names: list[str], manifest_tracks: 
         "shard_seed": config.seed,
         "tracks": [manifest_tracks[key] for key in sorted(manifest_tracks)],
     }
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def load_manifest(output_dir: str) -> dict[str, Any]:
@@ -710,13 +744,14 @@ def _parse_split(text: str) -> list[tuple[str, int]]:
     for part in text.split(","):
         name, _, count = part.partition(":")
         if not name or not count.isdigit() or int(count) < 1:
-            raise ValueError(f"bad --split entry {part!r}; expected name:count, e.g. train:30")
+            raise UserError(f"bad --split entry {part!r}; expected name:count, e.g. train:30")
         out.append((name, int(count)))
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.synthetic",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--identities", type=int, default=None,
@@ -734,8 +769,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel_noise", type=float, default=SyntheticConfig.pixel_noise)
     parser.add_argument("--head_jitter", type=float, default=SyntheticConfig.head_jitter)
     parser.add_argument("--track_variation", type=float, default=SyntheticConfig.track_variation)
+    parser.add_argument("--content_identity_correlation", type=float, default=0.0,
+                        help="probability that a unit comes from the identity's own subset "
+                             "(0: uncorrelated content)")
     parser.add_argument("--sheet", default="", help="also write a PNG contact sheet here")
+    from pipelines import voices  # the real-voice world (issue 14); imports this module
+    voices.add_arguments(parser)
     args = parser.parse_args(argv)
+    setup_logging()
+    if args.voices:
+        return voices.run_from_args(args)
 
     if args.split:
         parts = _parse_split(args.split)
@@ -747,17 +790,22 @@ def main(argv: list[str] | None = None) -> int:
     first = args.first_identity
     start = time.time()
     for name, count in parts:
-        cfg = SyntheticConfig(num_identities=count, tracks_per_identity=args.tracks_per_identity,
-                              num_frames=args.frames, face_size=args.face_size, seed=args.seed,
-                              first_identity=first, audio_snr_db=args.audio_snr_db,
-                              pixel_noise=args.pixel_noise, head_jitter=args.head_jitter,
-                              track_variation=args.track_variation)
+        try:
+            cfg = SyntheticConfig(
+                num_identities=count, tracks_per_identity=args.tracks_per_identity,
+                num_frames=args.frames, face_size=args.face_size, seed=args.seed,
+                first_identity=first, audio_snr_db=args.audio_snr_db,
+                pixel_noise=args.pixel_noise, head_jitter=args.head_jitter,
+                track_variation=args.track_variation,
+                content_identity_correlation=args.content_identity_correlation)
+        except ValueError as err:
+            raise UserError(str(err)) from err
         out_dir = os.path.join(args.output, name) if name else args.output
         t0 = time.time()
         paths = write_dataset(cfg, out_dir, num_shards=args.num_shards or None, verbose=True)
-        print(f"{name or 'all'}: identities {first}..{first + count - 1}, "
-              f"{count * args.tracks_per_identity} tracks in {len(paths)} shards -> {out_dir} "
-              f"({time.time() - t0:.1f} s)", flush=True)
+        log.info("%s: identities %d..%d, %d tracks in %d shards -> %s (%.1f s)", name or "all",
+                 first, first + count - 1, count * args.tracks_per_identity, len(paths), out_dir,
+                 time.time() - t0)
         first += count
     if args.sheet:
         cfg = SyntheticConfig(num_frames=args.frames, face_size=args.face_size, seed=args.seed,
@@ -766,8 +814,13 @@ def main(argv: list[str] | None = None) -> int:
         cols = list(range(0, min(args.frames, 24), 3))
         sheet = contact_sheet(cfg, ids, cols)
         cv2.imwrite(args.sheet, sheet[:, :, ::-1])
-    print(f"done in {time.time() - start:.1f} s")
+    print(f"wrote {args.output} in {time.time() - start:.1f} s")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; a `UserError` becomes one line on stderr and exit status 2."""
+    return run_cli(_main, "pipelines.synthetic", argv)
 
 
 if __name__ == "__main__":

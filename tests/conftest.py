@@ -19,6 +19,7 @@ def write_random_shard(path: str, num_tracks: int, face_size: int = 32, min_fram
     """Writes `num_tracks` random tracks (noise frames, noise audio) of varying length."""
     import tensorflow as tf
 
+    from av_disentangle import constants
     from pipelines import records
 
     rng = np.random.default_rng(seed)
@@ -27,7 +28,8 @@ def write_random_shard(path: str, num_tracks: int, face_size: int = 32, min_fram
             frames_n = min_frames + 3 * i
             track = records.Track(
                 frames=rng.integers(0, 256, (frames_n, face_size, face_size, 3), dtype=np.uint8),
-                audio=(rng.normal(size=frames_n * records.SAMPLES_PER_FRAME) * 3000).astype(np.int16),
+                audio=(rng.normal(size=frames_n * constants.SAMPLES_PER_FRAME)
+                       * 3000).astype(np.int16),
                 track_id=f"random/{i:03d}", video_id=f"random/{i:03d}", identity=f"id{i}")
             writer.write(records.encode_track(track))
     return path
@@ -84,3 +86,11 @@ def run_script(args: list[str], timeout: float = 600, **kwargs) -> subprocess.Co
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def standin_model(tmp_path_factory) -> str:
+    """Path of the tiny stand-in SavedModel (tests/standin.py), exported once per session."""
+    from standin import export_standin
+
+    return export_standin(str(tmp_path_factory.mktemp("saved_models") / "standin" / "1"))

@@ -6,13 +6,13 @@ must end with exactly the weights of an uninterrupted one.
     python tests/fault_driver.py MODEL_DIR EPOCHS STEPS_PER_EPOCH EVERY_STEPS [SLEEP_S]
 """
 
-import logging
 import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from av_disentangle.logs import setup_logging
+
+setup_logging()  # before TensorFlow loads: its start-up messages stay quiet
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,7 +31,6 @@ class _Sleep(keras.callbacks.Callback):
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     model_dir, epochs, steps_per_epoch, every = sys.argv[1], *map(int, sys.argv[2:5])
     sleep = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     checkpoints.prepare_run_dir(model_dir)

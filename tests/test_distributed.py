@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from av_disentangle import compat
 from av_disentangle.config import LossConfig, ModelConfig
 from av_disentangle.model import DisentangleModel
 from av_disentangle.training import TrainConfig, make_optimizer
@@ -203,3 +204,64 @@ def test_one_mirrored_step_on_two_replicas_equals_one_device(tmp_path, mode):
     for i, (one, two) in enumerate(zip(ones, twos)):
         np.testing.assert_allclose(two, one, rtol=1e-3, atol=noise,
                                    err_msg=f"trainable variable {i}")
+
+
+MODES_GATHER_CHECK = textwrap.dedent("""
+    import json
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras
+    from av_disentangle.config import DISENTANGLE_MODES, LossConfig, ModelConfig
+    from av_disentangle.model import DisentangleModel
+    size, frames = ModelConfig.tiny().face_size, 9
+    rng = np.random.default_rng(0)
+    batch = {"frames": rng.integers(0, 256, (4, frames, size, size, 3), dtype=np.uint8),
+             "audio": (0.1 * rng.normal(size=(4, frames * 640))).astype(np.float32),
+             "audio_2": (0.1 * rng.normal(size=(4, frames * 640))).astype(np.float32)}
+    batch = {k: tf.constant(v) for k, v in batch.items()}
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: {k: v[2 * ctx.replica_id_in_sync_group:2 * ctx.replica_id_in_sync_group + 2]
+                     for k, v in batch.items()})
+    rows = {}
+    for mode in DISENTANGLE_MODES:
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = DisentangleModel(ModelConfig.tiny(), LossConfig(
+                disentangle=mode, gather_negatives=True, symmetric_identity=True))
+        single = model.compute_losses(batch, training=False).values
+        values = strategy.run(lambda b: model.compute_losses(b, training=False).values,
+                              args=(per_replica,))
+        rows[mode] = {k: [float(single[k]), float(strategy.reduce("MEAN", values[k], axis=None))]
+                      for k in single}
+    print(json.dumps(rows))
+""")
+
+
+@pytest.mark.slow
+def test_gathered_negatives_give_every_mode_the_single_device_terms():
+    """Evaluation mode (no BatchNorm batch statistics, time-mean face identity), 2 replicas of
+    2 tracks each with gathered negatives: every logged term of every mode - the identity loss
+    and, with the same all-gathered negatives, the identity-task confusion, its auxiliary-head
+    CE (`adversarial`) and leak accuracy - equals one device's on the global batch of 4."""
+    result = run_script(["-c", MODES_GATHER_CHECK], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(rows) == {"none", "confusion", "adversarial", "grl"}
+    for mode, values in rows.items():
+        assert "confusion_identity" in values and "aux_loss" in values
+        for key, (single, distributed) in values.items():
+            np.testing.assert_allclose(distributed, single, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{mode} {key}")
+    assert rows["confusion"]["confusion_identity"][0] > 0.0
+    assert rows["adversarial"]["aux_loss"][0] > 0.0
+
+
+def test_compat_is_written_for_the_pinned_keras_and_warns_on_another():
+    setup_cfg = open(os.path.join(REPO_ROOT, "setup.cfg")).read()
+    assert f"keras=={compat.KERAS_VERSION}" in setup_cfg
+    assert compat.check_keras_version(compat.KERAS_VERSION)
+    with pytest.warns(RuntimeWarning, match="keras==9.0.0 is installed"):
+        assert not compat.check_keras_version("9.0.0")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES
 from conftest import write_random_shard
 from pipelines import records
 from pipelines.input import InputConfig, list_shards, make_dataset, window_starts
@@ -25,9 +26,9 @@ def test_windows_are_synchronised_and_tracks_distinct(tmp_path):
     path = _marked_shard(str(tmp_path / "marked.tfrecord"))
     ds = make_dataset(InputConfig(path, batch_tracks=3, window_frames=10, face_size=16, seed=3))
     for batch in ds.take(6):
-        frames = batch["frames"].numpy().astype(int)
-        audio = np.round(batch["audio"].numpy() * 32768).astype(int)
-        audio_2 = np.round(batch["audio_2"].numpy() * 32768).astype(int)
+        frames = batch[FRAMES].numpy().astype(int)
+        audio = np.round(batch[AUDIO].numpy() * 32768).astype(int)
+        audio_2 = np.round(batch[AUDIO_2].numpy() * 32768).astype(int)
         assert frames.shape == (3, 10, 16, 16, 3) and audio.shape == (3, 6400)
         tracks = audio[:, 0] // 1000
         assert len(set(tracks)) == 3  # distinct tracks in a batch
@@ -45,7 +46,7 @@ def test_seeded_pipeline_is_deterministic(random_shards):
     def first_batches(seed):
         ds = make_dataset(InputConfig(random_shards, batch_tracks=4, window_frames=12,
                                       face_size=32, seed=seed))
-        return [b["audio"].numpy() for b in ds.take(3)]
+        return [b[AUDIO].numpy() for b in ds.take(3)]
 
     for a, b in zip(first_batches(5), first_batches(5)):
         np.testing.assert_array_equal(a, b)
@@ -58,7 +59,7 @@ def test_resizes_frames_and_skips_short_tracks(tmp_path):
                                   seed=0, repeat=False))
     batches = list(ds)
     assert len(batches) == 1  # frames 20, 23 dropped as shorter than 26; 26, 29 kept
-    assert batches[0]["frames"].shape == (2, 26, 64, 64, 3)
+    assert batches[0][FRAMES].shape == (2, 26, 64, 64, 3)
 
 
 def test_window_starts_in_range():

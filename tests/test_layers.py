@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from av_disentangle.features import LogMelSpectrogram, log_mel_spectrogram
-from av_disentangle.layers import GradientReversal, L2Normalize, ScaledCosine
+from av_disentangle.layers import GradientReversal, ScaledCosine
 
 
 def test_gradient_reversal_forward_identity_backward_negated():

@@ -24,13 +24,15 @@ def _windows(directory: str, window: int):
     import glob
 
     from pipelines import records
+    from pipelines.input import fixed_windows
 
     frames, audio = [], []
     for path in sorted(glob.glob(f"{directory}/*.tfrecord")):
         for track in records.read_tracks(path):
-            for start in range(0, track["frames"].shape[0] - window + 1, window):
-                frames.append(track["frames"][start:start + window])
-                audio.append(track["audio"][start * 640:(start + window) * 640])
+            for _, track_frames, track_audio in fixed_windows(track["frames"], track["audio"],
+                                                              window):
+                frames.append(track_frames)
+                audio.append(track_audio)
     return np.stack(frames), np.stack(audio)
 
 
@@ -82,3 +84,118 @@ def test_content_loss_falls_and_sync_beats_chance(tmp_path, seed):
     assert acc_1 > chance + 0.08, (acc_0, acc_1, chance)
     print(f"seed {seed}: content loss {loss_0:.3f} -> {loss_1:.3f}, sync acc {acc_0:.3f} -> "
           f"{acc_1:.3f} (chance {chance:.3f}); train-batch loss {history['content_loss']}")
+
+
+def _own_unit_fraction(correlation: float, num_identities: int = 6, tracks: int = 6
+                       ) -> tuple[float, float]:
+    """(fraction of spoken non-silence frames whose unit is in the speaker's own subset,
+    mutual information identity;unit in bits) over generated tracks (face 16 px, 40 frames)."""
+    from pipelines import synthetic
+
+    config = synthetic.SyntheticConfig(num_identities=num_identities, tracks_per_identity=tracks,
+                                       num_frames=40, face_size=16, seed=3,
+                                       content_identity_correlation=correlation)
+    own, total = 0, 0
+    counts = np.zeros((num_identities, synthetic.NUM_UNITS))
+    for i in config.identity_indices:
+        subset = set(synthetic.identity_units(i, config.seed))
+        for t in range(tracks):
+            _, units = synthetic.generate_track_with_labels(config, i, t)
+            spoken = units[units != synthetic.SILENCE]
+            own += int(np.isin(spoken, list(subset)).sum())
+            total += len(spoken)
+            np.add.at(counts[i], units, 1)
+    p = counts / counts.sum()
+    outer = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)
+    nz = p > 0
+    return own / total, float(np.sum(p[nz] * np.log2(p[nz] / outer[nz])))
+
+
+def test_content_identity_correlation_world():
+    """With `content_identity_correlation` c, an identity's units come from its own subset
+    with probability c (+ chance otherwise): the own-subset fraction is at chance (subset size
+    / 8 vowels) at c = 0 and grows with c, and so does the identity-unit mutual information."""
+    from pipelines import synthetic
+
+    chance = synthetic.OWN_UNITS_PER_IDENTITY / (synthetic.NUM_UNITS - 1)
+    frac_0, mi_0 = _own_unit_fraction(0.0)
+    frac_5, mi_5 = _own_unit_fraction(0.5)
+    frac_9, mi_9 = _own_unit_fraction(0.9)
+    print(f"own-subset fraction {frac_0:.3f} / {frac_5:.3f} / {frac_9:.3f} (chance {chance:.3f});"
+          f" MI bits {mi_0:.3f} / {mi_5:.3f} / {mi_9:.3f}")
+    assert abs(frac_0 - chance) < 0.12, (frac_0, chance)
+    assert frac_5 > frac_0 + 0.15 and frac_9 > frac_5 + 0.1, (frac_0, frac_5, frac_9)
+    assert frac_9 > 0.85, frac_9
+    assert mi_0 < mi_5 < mi_9, (mi_0, mi_5, mi_9)
+
+
+def test_mlp_probe_reads_what_a_linear_probe_cannot():
+    """XOR of two features: a linear probe is at chance on held-out points, the one-hidden-
+    layer MLP probe of benchmarks/learning.py is not (it measures non-linear information)."""
+    from benchmarks import learning
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 4))
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
+    linear = learning.probe_accuracy(x[:800], y[:800], x[800:], y[800:], 2)
+    mlp = learning.mlp_probe_accuracy(x[:800], y[:800], x[800:], y[800:], 2)
+    assert linear < 0.65, linear
+    assert mlp > 0.9, mlp
+
+
+def test_paired_difference_marks_only_effects_beyond_spread():
+    """A shift larger than the seed-to-seed spread is marked, noise alone and a shift within
+    the trial-sampling error are not; the interval uses Student's t over paired runs."""
+    from benchmarks import learning
+
+    rng = np.random.default_rng(1)
+    ref = [{"seed": s, "data_seed": w, "sv_eer": 0.2 + 0.01 * rng.normal()}
+           for s in range(3) for w in range(2)]
+    shifted = [{**r, "sv_eer": r["sv_eer"] - 0.05 + 0.005 * rng.normal()} for r in ref]
+    noise = [{**r, "sv_eer": r["sv_eer"] + 0.01 * rng.normal()} for r in ref]
+    d = learning.paired_difference(shifted, ref, "sv_eer", trial_se=0.01)
+    assert d["n"] == 6 and d["significant"] and abs(d["mean"] + 0.05) < 0.01, d
+    assert not learning.paired_difference(noise, ref, "sv_eer", trial_se=0.0)["significant"]
+    assert not learning.paired_difference(shifted, ref, "sv_eer", trial_se=0.03)["significant"]
+    row = learning.summarise(ref)
+    assert row["n"] == 6 and row["ci95"]["sv_eer"] > 0
+
+
+@pytest.mark.slow
+def test_learning_benchmark_smoke(tmp_path, monkeypatch):
+    """benchmarks/learning.py end to end on a tiny world: 2 seeds x 1 world at training-world
+    correlation 0.9, two modes, the curve (TensorBoard scalars + PNG) and the JSON with spreads
+    and trial errors."""
+    import dataclasses
+    import glob
+    import json
+
+    from benchmarks import learning
+
+    tiny = dataclasses.replace(learning.QUICK, train_identities=4, test_identities=3,
+                               tracks_per_identity=3, num_frames=25, steps=2,
+                               steps_per_epoch=2, batch_tracks=4, recalibration_batches=1)
+    monkeypatch.setattr(learning, "QUICK", tiny)
+    out, png = tmp_path / "out.json", tmp_path / "curve.png"
+    assert learning.main(["--quick", "--seeds", "2", "--correlations", "0.9", "--configs",
+                          "both (shared trunk),both + adversarial", "--workdir",
+                          str(tmp_path / "work"), "--curve_every", "1", "--curve_png",
+                          str(png), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [t["correlation"] for t in result["tables"]] == [0.9]
+    rows = {r["config"]: r for r in result["tables"][0]["rows"]}
+    assert set(rows) == {"both (shared trunk)", "both + adversarial"}
+    adv = rows["both + adversarial"]
+    assert adv["n"] == 2 and adv["ci95"]["sv_eer"] >= 0 and adv["trial_se"]["sv_eer"] > 0
+    assert "content_probe_mlp_audio_identity" in adv["mean"]
+    assert adv["vs_reference"]["sv_eer"]["n"] == 2
+    assert [p[0] for p in adv["training"][0]["curve"]] == [0, 1, 2]
+    assert png.stat().st_size > 1000
+    events = glob.glob(str(tmp_path / "work" / "curves" / "corr0.9" / "world0" / "seed1" /
+                           "both___adversarial" / "events.out.tfevents.*"))
+    assert events, list((tmp_path / "work").rglob("*"))
+    world = list((tmp_path / "work").glob("*/train_corr0.9/manifest.json"))
+    assert len(world) == 1, list((tmp_path / "work").rglob("manifest.json"))
+    assert json.loads(world[0].read_text())["config"]["content_identity_correlation"] == 0.9
+    test_world = json.loads((world[0].parent.parent / "test" / "manifest.json").read_text())
+    assert test_world["config"]["content_identity_correlation"] == 0.0

@@ -200,3 +200,16 @@ def test_pair_scoring_model_evaluate_matches_numpy(num_crops):
     logs2 = model.evaluate(ds.take(2), return_dict=True, verbose=0)
     assert logs2["eer"] == pytest.approx(compute_eer(predicted[:128], labels[:128])[0],
                                          abs=1e-6)
+
+
+def test_numpy_scoring_does_not_need_tensorflow():
+    """EER / minDCF / DET scoring is numpy only: importing it starts neither TF nor Keras."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from av_disentangle.verification_metrics import compute_eer\n"
+            "assert compute_eer([0.9, 0.1], [1, 0])[0] == 0.0\n"
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

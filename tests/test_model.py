@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from av_disentangle import disentangle, losses
 from av_disentangle.config import DISENTANGLE_MODES, LossConfig, ModelConfig
-from av_disentangle.model import ACCURACY_NAMES, LOSS_NAMES, DisentangleModel
+from av_disentangle.model import ACCURACY_NAMES, LOSS_NAMES, DisentangleModel, Losses
 from pipelines.input import InputConfig, make_dataset
 
 WINDOW = 9  # T' = 3 steps at temporal stride 2: the smallest window with a real content task
@@ -223,3 +224,64 @@ def test_model_output_lengths_match_between_streams():
         assert out["face_content"].shape == (2, config.num_steps(frames), config.embedding_dim)
         norms = np.linalg.norm(out["audio_content"].numpy(), axis=-1)
         np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+
+
+def test_every_configurable_mode_is_a_registered_object():
+    assert set(disentangle.MODES) == set(DISENTANGLE_MODES)
+    for name, cls in disentangle.MODES.items():
+        mode = disentangle.make_disentangler(LossConfig(disentangle=name), 16)
+        assert type(mode) is cls and isinstance(mode, disentangle.DisentangleMode)
+        has_heads = name in ("adversarial", "grl")
+        assert (mode.aux_content is not None) == (mode.aux_identity is not None) == has_heads
+
+
+def _expected_terms(model, batch):
+    """The DESIGN.md formulas of every term, written out from the model's outputs and the pure
+    loss functions (evaluation mode, one device): what `compute_losses` must return."""
+    cfg, sg = model.loss_config, tf.stop_gradient
+    out = model(batch, training=False)
+    fc, fi = out["face_content"], out["face_identity"]
+    ac, ai = out["audio_content"], out["audio_identity"]
+    ac2, ai2 = out["audio_content_2"], out["audio_identity_2"]
+    content = losses.matching_cross_entropy(model.content_similarity(fc, ac))
+    i_logits = model.identity_similarity(losses.time_pool(fi), losses.time_pool(ai2))
+    identity = 0.5 * (losses.matching_cross_entropy(i_logits)
+                      + losses.matching_cross_entropy(tf.transpose(i_logits)))  # symmetric
+    pooled_fc, pooled_ac2 = losses.time_pool(fc), losses.time_pool(ac2)
+    zero = tf.constant(0.0)
+    conf_c = conf_i = aux = zero
+    if cfg.disentangle == "confusion":
+        conf_c = losses.uniform_confusion(model.content_similarity(fi, ai))
+        conf_i = losses.uniform_confusion(model.identity_similarity(pooled_fc, pooled_ac2))
+    elif cfg.disentangle == "adversarial":
+        aux = (losses.matching_cross_entropy(model.aux_content(sg(fi), sg(ai)))
+               + losses.matching_cross_entropy(model.aux_identity(sg(pooled_fc), sg(pooled_ac2))))
+        conf_c = losses.uniform_confusion(model.aux_content(fi, ai))
+        conf_i = losses.uniform_confusion(model.aux_identity(pooled_fc, pooled_ac2))
+    elif cfg.disentangle == "grl":
+        conf_c = losses.matching_cross_entropy(model.aux_content(fi, ai))
+        conf_i = losses.matching_cross_entropy(model.aux_identity(pooled_fc, pooled_ac2))
+    main = (cfg.content_weight * content + cfg.identity_weight * identity
+            + cfg.disentangle_weight * (conf_c + conf_i))
+    return {"content_loss": content, "identity_loss": identity, "confusion_content": conf_c,
+            "confusion_identity": conf_i, "aux_loss": aux, "main": main, "aux": aux,
+            "loss": main + aux}
+
+
+@pytest.mark.parametrize("mode", DISENTANGLE_MODES)
+def test_compute_losses_returns_the_formulas_of_each_mode(mode):
+    """The mode objects compute what the if/elif over modes computed (its formulas, kept here),
+    to float32 rounding, with weights that make every term count."""
+    keras.utils.set_random_seed(0)
+    model = DisentangleModel(ModelConfig.tiny(), LossConfig(
+        disentangle=mode, symmetric_identity=True, identity_weight=0.7, disentangle_weight=0.3))
+    batch = _random_batch()
+    result = model.compute_losses(batch, training=False)
+    assert isinstance(result, Losses) and set(result.values) == set(LOSS_NAMES + ACCURACY_NAMES)
+    got = {**result.values, "main": result.main, "aux": result.aux}
+    for name, value in _expected_terms(model, batch).items():
+        np.testing.assert_allclose(float(got[name]), float(value), rtol=1e-6, atol=1e-6,
+                                   err_msg=name)
+    assert float(got["content_loss"]) > 0 and float(got["identity_loss"]) > 0
+    if mode != "none":
+        assert float(got["confusion_content"]) > 0 and float(got["confusion_identity"]) > 0

@@ -8,16 +8,15 @@ trainSyncNet.py:24,37-38,138 lr 1e-3 x0.95 after every epoch of 100,000 tracks (
 
 import dataclasses
 import math
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from av_disentangle import flags
 from av_disentangle.config import LossConfig, ModelConfig
 from av_disentangle.model import DisentangleModel
 from av_disentangle.training import TrainConfig, current_learning_rate, make_optimizer
-from conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize("steps_per_epoch", [5, 50, 3333])
@@ -82,11 +81,8 @@ def test_weight_decay_reaches_every_trainable_variable():
 
 
 def test_weight_decay_zero_is_plain_sgd_and_flags_reach_the_config():
-    sys.path.insert(0, REPO_ROOT)
-    import train
-
-    args = train.parse_flags(["--lr_decay_steps", "1667", "--weight_decay", "0"])
-    _, _, config = train.resolve_configs(args)
+    args = flags.parse_flags(["--lr_decay_steps", "1667", "--weight_decay", "0"])
+    _, _, config = flags.resolve_configs(args)
     assert config.lr_decay_steps == 1667 and config.weight_decay == 0.0
     optimizer = make_optimizer(dataclasses.replace(config, learning_rate=0.1))
     w = tf.Variable([1.0, -2.0])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pipelines import media, prepare, records
+from pipelines.shards import SHARD_PATTERN, shard_name
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -86,12 +87,6 @@ def write_vox_txt(path: pathlib.Path, identity: str, reference: str, offset: int
     rows = "".join(f"{i:06d} \t0.300 \t0.200 \t0.400 \t0.500 \n" for i in range(num_frames))
     path.write_text(f"Identity  : \t{identity}\nReference : \t{reference}\nOffset    : \t{offset}\n"
                     f"FV Conf   : \t16.647\t(1)\n\nFRAME \tX \tY \tW \tH \n{rows}")
-
-
-def test_constants_match_records():
-    assert media.FPS == records.FPS
-    assert media.SAMPLE_RATE == records.SAMPLE_RATE
-    assert media.SAMPLES_PER_FRAME == records.SAMPLES_PER_FRAME
 
 
 def test_decode_real_clips():
@@ -213,7 +208,7 @@ def test_prepare_bad_inputs(tmp_path):
         assert name in text
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_tracks"] == 1
-    tracks = [t for s in sorted(out.glob(prepare.SHARD_PATTERN))
+    tracks = [t for s in sorted(out.glob(SHARD_PATTERN))
               for t in records.read_tracks(str(s))]
     (track,) = tracks
     assert track["track_id"] == b"stereo44k" and int(track["sample_rate"]) == 16000
@@ -234,8 +229,8 @@ def test_resume_skips_finished_shards_and_ignores_temp(tmp_path):
     out = tmp_path / "out"
     first = prepare.prepare(specs, out, config, progress=False)
     assert first.shards_written == 3 and first.tracks_written == 3
-    shards = sorted(out.glob(prepare.SHARD_PATTERN))
-    assert [s.name for s in shards] == [prepare.shard_name(i, 3) for i in range(3)]
+    shards = sorted(out.glob(SHARD_PATTERN))
+    assert [s.name for s in shards] == [shard_name(i, 3) for i in range(3)]
     mtimes = {s.name: s.stat().st_mtime_ns for s in shards}
 
     again = prepare.prepare(specs, out, config, progress=False)
@@ -243,12 +238,12 @@ def test_resume_skips_finished_shards_and_ignores_temp(tmp_path):
     assert {s.name: s.stat().st_mtime_ns for s in shards} == mtimes
 
     # a "killed" run: shard 1 never got renamed, only a half-written temp file is left
-    killed = out / prepare.shard_name(1, 3)
+    killed = out / shard_name(1, 3)
     killed.unlink()
     (out / "shard-00001-of-00003.json").unlink()
-    temp = out / f".{killed.name}.tmp-99999"
+    temp = out / f".tmp-99999-{killed.name}.partial"  # files.temp_path of another process
     temp.write_bytes(b"\x00" * 100)
-    assert temp not in set(out.glob(prepare.SHARD_PATTERN))
+    assert temp not in set(out.glob(SHARD_PATTERN))
     manifest = prepare.merge_reports(out)
     assert not manifest["complete"] and manifest["missing_shards"] == [killed.name]
     assert all(not s["file"].startswith(".") for s in manifest["shards"])
@@ -259,7 +254,7 @@ def test_resume_skips_finished_shards_and_ignores_temp(tmp_path):
     for name, mtime in mtimes.items():
         if name != killed.name:
             assert (out / name).stat().st_mtime_ns == mtime
-    ids = [t["track_id"] for s in sorted(out.glob(prepare.SHARD_PATTERN))
+    ids = [t["track_id"] for s in sorted(out.glob(SHARD_PATTERN))
            for t in records.read_tracks(str(s))]
     assert sorted(ids) == [b"spk/clip0", b"spk/clip1", b"spk/clip2"]  # shards: random order
 

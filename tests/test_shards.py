@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from av_disentangle.constants import AUDIO, TRACK_ID, VIDEO_ID
 from benchmarks import negatives
-from pipelines import prepare, records, synthetic
+from pipelines import prepare, records, shards, synthetic
 from pipelines.input import (InputConfig, batch_metadata, deal_into_batches, input_statistics,
                              main, make_dataset, uniform_batch_expectation)
 
@@ -50,6 +50,20 @@ def test_prepare_deals_tracks_into_shards_in_seeded_random_order(tmp_path):
     # None: the old id-sorted layout, kept only for comparisons
     sorted_plan = prepare.plan_shards(specs, 6, seed=None)
     assert [len({s.identity for s in chunk}) for chunk in sorted_plan] == [1, 1, 1, 1]
+
+
+def test_one_shard_plan_chunks_or_deals_the_seeded_order():
+    """`pipelines.shards`: prepare cuts the random order into chunks, synthetic deals it."""
+    items = list(range(10))
+    order = shards.shuffle(items, 3)
+    assert sorted(order) == items and order != items and order == shards.shuffle(items, 3)
+    assert shards.plan_shards(items, 3, tracks_per_shard=4) == [order[:4], order[4:8], order[8:]]
+    assert shards.plan_shards(items, 3, num_shards=3) == [order[0::3], order[1::3], order[2::3]]
+    assert shards.plan_shards(items, None, num_shards=20) == [[i] for i in items]
+    with pytest.raises(ValueError, match="exactly one"):
+        shards.plan_shards(items, 3)
+    assert shards.shard_name(1, 4) == "shard-00001-of-00004.tfrecord"
+    assert shards.sidecar_name(1, 4) == "shard-00001-of-00004.json"
 
 
 def test_synthetic_shards_are_in_seeded_random_order(tmp_path):
@@ -102,17 +116,17 @@ def test_batches_carry_ids_and_never_two_tracks_of_one_video(tmp_path):
                          shuffle_buffer=16, include_ids=True)
     batches = list(make_dataset(config).take(12))
     for batch in batches:
-        assert batch["track_id"].shape == (3,) and batch["video_id"].dtype == tf.string
-        videos = batch["video_id"].numpy().tolist()
+        assert batch[TRACK_ID].shape == (3,) and batch[VIDEO_ID].dtype == tf.string
+        videos = batch[VIDEO_ID].numpy().tolist()
         assert len(set(videos)) == 3, videos
-        tracks = [int(t.decode().split("/")[1]) for t in batch["track_id"].numpy()]
+        tracks = [int(t.decode().split("/")[1]) for t in batch[TRACK_ID].numpy()]
         # the ids belong to the windows beside them
-        audio = np.round(batch["audio"].numpy() * 32768).astype(int)
+        audio = np.round(batch[AUDIO].numpy() * 32768).astype(int)
         assert (audio[:, 0] // 1000).tolist() == tracks
     # the statistics see exactly the training batches
     meta = batch_metadata(config, 12)
     assert [[t["track_id"] for t in b] for b in meta] == [
-        [t.decode() for t in b["track_id"].numpy()] for b in batches]
+        [t.decode() for t in b[TRACK_ID].numpy()] for b in batches]
     assert "track_id" not in next(iter(make_dataset(InputConfig(pattern, 3, 10, 8))))
     old = InputConfig(pattern, batch_tracks=3, window_frames=10, seed=1, shuffle_buffer=16,
                       distinct_videos=False)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from av_disentangle.config import ModelConfig
-from av_disentangle.features import HOP_SAMPLES
+from av_disentangle.constants import MEL_HOP_SAMPLES as HOP_SAMPLES
 from av_disentangle.streams import FoldTime, build_audio_stream, build_face_stream
 
 FRAMES = 50  # 2 s at 25 fps, the reference's --maxFrames 50

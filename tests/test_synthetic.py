@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 
+from av_disentangle import constants
 from pipelines import records, synthetic
 
 SMALL = synthetic.SyntheticConfig(num_identities=2, tracks_per_identity=2, num_frames=12,
@@ -30,7 +31,7 @@ def _lagged_corr(x: np.ndarray, y: np.ndarray, lag: int) -> float:
 
 def _frame_energy(audio_i16: np.ndarray) -> np.ndarray:
     x = audio_i16.astype(np.float64) / 32768.0
-    return np.mean(x.reshape(-1, records.SAMPLES_PER_FRAME) ** 2, axis=1)
+    return np.mean(x.reshape(-1, constants.SAMPLES_PER_FRAME) ** 2, axis=1)
 
 
 def _mouth_pixels(frames: np.ndarray) -> np.ndarray:
@@ -45,13 +46,13 @@ def _estimate_f0(audio_i16: np.ndarray) -> float:
     """Median autocorrelation pitch over the loudest frames."""
     x = audio_i16.astype(np.float64) / 32768.0
     energy = _frame_energy(audio_i16)
-    lo, hi = records.SAMPLE_RATE // 400, records.SAMPLE_RATE // 60
+    lo, hi = constants.SAMPLE_RATE // 400, constants.SAMPLE_RATE // 60
     estimates = []
     for i in np.argsort(energy)[-15:]:
         seg = x[max(0, i * 640 - 320):i * 640 + 960]
         seg = seg - seg.mean()
         ac = np.correlate(seg, seg, "full")[len(seg) - 1:]
-        estimates.append(records.SAMPLE_RATE / (lo + int(np.argmax(ac[lo:hi]))))
+        estimates.append(constants.SAMPLE_RATE / (lo + int(np.argmax(ac[lo:hi]))))
     return float(np.median(estimates))
 
 
@@ -86,7 +87,7 @@ def test_reproducible_and_seed_dependent():
 def test_shapes_and_labels():
     track, truth = synthetic.generate_track_ground_truth(SMALL, 0, 0)
     assert track.frames.shape == (12, 32, 32, 3) and track.frames.dtype == np.uint8
-    assert track.audio.shape == (12 * records.SAMPLES_PER_FRAME,)
+    assert track.audio.shape == (12 * constants.SAMPLES_PER_FRAME,)
     assert track.audio.dtype == np.int16
     assert truth["units"].shape == (12,)
     assert truth["units"].min() >= 0 and truth["units"].max() < synthetic.NUM_UNITS
@@ -140,6 +141,15 @@ def test_cli_split(tmp_path):
     assert [t["identity"] for t in test["tracks"]] == ["syn_0002"]
     # The held-out identity is the same person it would be in a single run.
     assert test["identities"][0] == synthetic.identity_params(2, 1).to_json()
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert synthetic.main(["--output", str(tmp_path), "--split", "train"]) == 2
+    assert synthetic.main(["--output", str(tmp_path), "--frames", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("pipelines.synthetic: error: ") for line in err)
+    assert "bad --split entry 'train'" in err[0]
+    assert not os.listdir(tmp_path)
 
 
 def test_lips_are_synchronised_with_audio():

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from av_disentangle import flags
 from conftest import REPO_ROOT, run_script
 
 TINY = ["--model_size", "tiny", "--window_frames", "15", "--batch_tracks", "4",
@@ -135,8 +136,7 @@ def test_quick_start_tensorboard_resume_kill_complete_and_config_check(random_sh
 
 
 def test_resume_config_check_names_model_and_loss_keys_only():
-    sys.path.insert(0, REPO_ROOT)
-    import train
+    from av_disentangle.run import config_differences
 
     stored = {"model": {"face_size": 64, "trunk_dim": 64}, "loss": {"disentangle": "grl"},
               "train": {"optimizer": "sgd", "epochs": 3, "learning_rate": 0.1,
@@ -146,10 +146,10 @@ def test_resume_config_check_names_model_and_loss_keys_only():
                   "train": {"optimizer": "sgd", "epochs": 9, "learning_rate": 0.01,
                             "batch_tracks": 8, "window_frames": 25},
                   "flags": {"mixed_precision": "none", "verbose": 0}}
-    assert train.config_differences(stored, same_model) == []
+    assert config_differences(stored, same_model) == []
     other = {**same_model, "model": {"face_size": 32, "trunk_dim": 64},
              "loss": {"disentangle": "none"}, "flags": {"mixed_precision": "float16"}}
-    assert train.config_differences(stored, other) == [
+    assert config_differences(stored, other) == [
         "model.face_size: 64 -> 32", 'loss.disentangle: "grl" -> "none"',
         'flags.mixed_precision: "none" -> "float16"']
 
@@ -184,9 +184,6 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_config_file_values_are_checked_as_flags(tmp_path, capsys):
-    sys.path.insert(0, REPO_ROOT)
-    import train
-
     config = tmp_path / "config.json"
     for values, message in [
             ({"epochs": "ten"}, "argument --epochs: invalid int value: 'ten'"),
@@ -197,12 +194,12 @@ def test_config_file_values_are_checked_as_flags(tmp_path, capsys):
             ({"epochs": [1]}, "epochs must be a single int value")]:
         config.write_text(json.dumps(values))
         with pytest.raises(SystemExit) as exit_info:
-            train.parse_flags(["--config", str(config)])
+            flags.parse_flags(["--config", str(config)])
         assert exit_info.value.code == 2, values
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"error: --config {config}: {message}" in error, error
     config.write_text(json.dumps({"epochs": 3, "learning_rate": "0.5", "no_export": True}))
-    args = train.parse_flags(["--config", str(config)])
+    args = flags.parse_flags(["--config", str(config)])
     assert (args.epochs, args.learning_rate, args.no_export) == (3, 0.5, True)
 
 
@@ -252,15 +249,12 @@ def test_shard_check_finds_truncation_corruption_and_count_mismatch(random_shard
 
 
 def test_config_file_values_are_defaults_and_flags_override(tmp_path):
-    sys.path.insert(0, REPO_ROOT)
-    import train
-
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"epochs": 7, "disentangle": "grl", "learning_rate": 0.5}))
-    args = train.parse_flags(["--config", str(config), "--learning_rate", "0.01"])
+    args = flags.parse_flags(["--config", str(config), "--learning_rate", "0.01"])
     assert (args.epochs, args.disentangle, args.learning_rate) == (7, "grl", 0.01)
     with pytest.raises(ValueError, match="window_frames must be >= 10"):
-        train.resolve_configs(train.parse_flags(["--window_frames", "4"]))
+        flags.resolve_configs(flags.parse_flags(["--window_frames", "4"]))
 
 
 @pytest.mark.slow
@@ -301,3 +295,116 @@ def test_profile_steps_and_mixed_precision(random_shards, tmp_path):
     serve = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
     emb = serve(waveform=np.zeros((1, 16000), np.float32), sample_rate=tf.constant(16000))
     assert emb["embedding"].dtype == tf.float32
+
+
+@pytest.mark.slow
+def test_remote_paths_train_resume_and_export_on_ram_filesystem(random_shards, caplog):
+    """`--train_data`, `--config`, `--model_dir` and `--export_dir` on a file system only
+    tf.io.gfile reaches (TF's in-memory ram://, standing in for gs://): train 2 steps, resume
+    to 4, export, load the export, and a rerun does not export a duplicate. In-process, since
+    ram:// lives in this process's memory."""
+    import tensorflow as tf
+
+    from av_disentangle import run
+
+    root = f"ram://test_train_{os.getpid()}"
+    tf.io.gfile.makedirs(f"{root}/data")
+    for shard in sorted(glob.glob(random_shards)):
+        tf.io.gfile.copy(shard, f"{root}/data/{os.path.basename(shard)}")
+    with tf.io.gfile.GFile(f"{root}/flags.json", "w") as f:
+        json.dump({"model_size": "tiny", "window_frames": 15, "batch_tracks": 4,
+                   "optimizer": "adam", "steps_per_epoch": 2}, f)
+    model_dir, export_dir = f"{root}/run", f"{root}/exports/1"
+    argv = ["--config", f"{root}/flags.json", "--train_data", f"{root}/data/*.tfrecord",
+            "--model_dir", model_dir, "--verbose", "0"]
+
+    def train(*more):
+        return run.train(flags.resolve_settings(flags.parse_flags(argv + list(more))))
+
+    def read_json(path):
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+
+    assert train("--epochs", "1", "--no_export") == (None, False)
+    assert read_json(f"{model_dir}/config.json")["model"]["trunk_dim"] == 16
+    assert read_json(f"{model_dir}/backup/training_metadata.json")["step"] == 2
+    assert tf.io.gfile.exists(f"{model_dir}/checkpoints/epoch-001.weights.h5")
+    assert tf.io.gfile.glob(f"{model_dir}/logs/train/events.out.tfevents.*")
+    assert not tf.io.gfile.glob(f"{model_dir}/*/.tmp-*") + tf.io.gfile.glob(f"{model_dir}/.tmp-*")
+
+    caplog.set_level("INFO")
+    assert train("--epochs", "2", "--export_dir", export_dir) == (export_dir, True)
+    assert "resuming at step 2 (epoch 1 done)" in caplog.text and "trained to step 4" in caplog.text
+    assert read_json(f"{model_dir}/backup/training_metadata.json")["step"] == 4
+    assert read_json(f"{model_dir}/export.json")["export_dir"] == export_dir
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    wave = (0.1 * np.random.default_rng(0).normal(size=(1, 16000))).astype(np.float32)
+    emb = serve(waveform=wave, sample_rate=tf.constant(16000))["embedding"].numpy()
+    np.testing.assert_allclose(np.linalg.norm(emb), 1.0, rtol=1e-5)
+    assert train("--epochs", "2", "--export_dir", export_dir) == (export_dir, False)
+    assert "not exporting a duplicate" in caplog.text
+    tf.io.gfile.rmtree(root)
+    assert not os.path.exists("ram:")  # nothing went to a local folder named after the URL
+
+
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING) [\w.]+: ")
+
+
+@pytest.mark.slow
+def test_normal_run_stderr_holds_only_log_lines_and_verbose_shows_more(random_shards, tmp_path):
+    """No TensorFlow start-up noise, warnings or tracebacks on a normal run (stderr is our log
+    lines only); `--verbose` alone adds DEBUG logging and the traceback of a user error."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    common = [sys.executable, "train.py", "--model_dir", str(tmp_path / "run"), *TINY]
+    result = subprocess.run(common + ["--train_data", random_shards, "--epochs", "1",
+                                      "--steps_per_epoch", "2", "--no_export"],
+                            cwd=REPO_ROOT, env=env, text=True, capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [line for line in result.stderr.splitlines() if not _LOG_LINE.match(line)]
+    assert noise == [], result.stderr[-3000:]
+    assert all(np.isfinite(_losses(result.stdout)))
+    missing = common + ["--train_data", str(tmp_path / "none-*.tfrecord")]
+    quiet = subprocess.run(missing, cwd=REPO_ROOT, env=env, text=True, capture_output=True,
+                           timeout=600)
+    assert quiet.returncode == 2 and quiet.stderr.count("\n") == 1, quiet.stderr[-3000:]
+    verbose = subprocess.run(missing + ["--verbose"], cwd=REPO_ROOT, env=env, text=True,
+                             capture_output=True, timeout=600)
+    assert verbose.returncode == 2, verbose.stderr[-3000:]
+    assert "Traceback" in verbose.stderr and " DEBUG " in verbose.stderr
+    assert verbose.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_flags_are_the_config_dataclass_fields_with_their_defaults_and_choices(tmp_path):
+    """Each default and choice list is written once, on the dataclass field: the flag has it,
+    no flag means the dataclass default, and a --config value meets the same validation."""
+    import dataclasses
+
+    from av_disentangle.config import LossConfig, ModelConfig, TrainConfig
+    from av_disentangle.supervised_config import SupervisedConfig
+
+    actions = {a.dest: a for a in flags.build_parser()._actions}
+    for cls in (flags.RunConfig, TrainConfig, LossConfig, SupervisedConfig):
+        for f in dataclasses.fields(cls):
+            assert actions[f.name].default == f.default, f.name
+            assert actions[f.name].choices == f.metadata["choices"], f.name
+    settings = flags.resolve_settings(flags.parse_flags([]))
+    assert (settings.train, settings.loss, settings.model, settings.supervised) == (
+        TrainConfig(), LossConfig(), ModelConfig.small(), None)
+    assert flags.parse_flags(["--verbose"]).verbose == flags.DEBUG_VERBOSITY
+    assert flags.parse_flags(["--verbose", "0"]).verbose == 0
+    config = tmp_path / "flags.json"
+    config.write_text(json.dumps({"window_frames": 4, "log_every_steps": 0}))
+    for argv in (["--config", str(config)], ["--window_frames", "4"]):
+        with pytest.raises(ValueError, match="window_frames must be >= 10"):
+            flags.resolve_settings(flags.parse_flags(argv))
+    with pytest.raises(ValueError, match="profile_steps must be 'a,b'"):
+        flags.resolve_settings(flags.parse_flags(["--profile_steps", "3"]))
+
+
+def test_flags_load_without_tensorflow():
+    """`train.py --help` and flag errors stay fast, and quiet_tensorflow runs before TF loads."""
+    code = ("import sys; from av_disentangle import flags; flags.parse_flags([]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], text=True, capture_output=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,229 @@
+"""Files written as state, and media files found on disk: one implementation of each.
+
+Atomic writes: every file is written to a hidden temp name beside its target, flushed to disk
+(fsync) and renamed over the target (`os.replace`), so a file under its final name is always
+complete - a reader never sees a half-written manifest, shard or checkpoint, and a killed
+writer leaves at most a `.tmp-*` file that `remove_stale_temps` clears.
+
+Temp names: `.tmp-<pid>-<name>.partial` - hidden, starting with `.tmp-` (one glob finds them
+all) and ending in `.partial`, so a half-written `shard-*.tfrecord` never matches a user's
+`*.tfrecord` glob (`tf.io.gfile.glob` does match hidden files). Keras' `save_weights` insists
+on the `.weights.h5` ending, so `write_atomic_with(..., keep_suffix=True)` uses
+`.tmp-<pid>-<name>` for it.
+
+Remote paths (`gs://...`, `ram://...`: any string containing "://") are written with
+`tf.io.gfile` (temp file, then `tf.io.gfile.rename(overwrite=True)`); TensorFlow is imported
+only then, so local use stays TF-free.
+
+Fault injection (tests only): `AV_DISENTANGLE_FAULT=<point>:<n>` kills the process with SIGKILL
+the n-th time it reaches `<point>` (`fault_point`); a write given `fault="x"` passes the points
+`x.half` (temp file cut to half its size, the state a kill in the middle of the write leaves),
+`x.written` (complete, before the rename) and `x.renamed` (after it). Used by
+tests/test_faults.py through tests/fault_driver.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import sys
+from typing import IO, Any, Callable, Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "AV_DISENTANGLE_FAULT"
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".partial"
+
+PathLike = str | os.PathLike
+
+
+# === Fault injection (tests) ===
+_fault_counts: collections.Counter = collections.Counter()
+
+
+def fault_point(name: str, path: PathLike | None = None) -> None:
+    """Kills this process (SIGKILL) if `AV_DISENTANGLE_FAULT` names `name` and this is its n-th
+    visit. With `path`, the file is first cut to half its size (a write killed midway)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.rpartition(":")
+    if point != name:
+        return
+    _fault_counts[name] += 1
+    if _fault_counts[name] != int(nth):
+        return
+    if path is not None and os.path.isfile(path):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+            os.fsync(f.fileno())
+    sys.stderr.write(f"fault injection: SIGKILL at {name}:{nth}\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# === Atomic writes ===
+def is_remote(path: PathLike) -> bool:
+    """True for a URL-style path (`gs://bucket/x`, `ram://x`) that only `tf.io.gfile` can write."""
+    return "://" in str(path)
+
+
+def temp_path(path: PathLike, keep_suffix: bool = False) -> str:
+    """Hidden temp name beside `path`: `.tmp-<pid>-<name>.partial`, or `.tmp-<pid>-<name>`
+    with `keep_suffix` (for writers that check the ending, like Keras' `.weights.h5`)."""
+    folder, name = os.path.split(str(path))
+    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{name}"
+                        f"{'' if keep_suffix else TEMP_SUFFIX}")
+
+
+def _fsync_dir(folder: str) -> None:
+    """Makes a rename in `folder` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_all_atomic(paths: Sequence[PathLike], write: Callable[[list[str]], Any], *,
+                     fault: str | None = None, keep_suffix: bool = False) -> None:
+    """Calls `write(temps)` to create one temp file beside each of `paths`, flushes them to disk
+    and only then renames them to `paths`, in order; every temp file is removed if anything
+    fails. For a set of files that belong together (a dataset's shards and then its manifest):
+    an interruption before the renames leaves the previous set untouched.
+
+    Args:
+      paths: the final files; local or remote (see the module docstring).
+      write: writes the complete files to the temp paths it is given, in the order of `paths`.
+      fault: prefix of the fault points `<fault>.half` (cuts the first temp file),
+        `.written`, `.renamed` (tests).
+      keep_suffix: keep each path's ending on its temp name (see `temp_path`).
+    """
+    paths = [str(p) for p in paths]
+    temps = [temp_path(p, keep_suffix) for p in paths]
+    if any(is_remote(p) for p in paths):
+        import tensorflow as tf  # only remote file systems need TensorFlow
+
+        try:
+            write(temps)
+            for tmp, path in zip(temps, paths):
+                tf.io.gfile.rename(tmp, path, overwrite=True)
+        finally:
+            for tmp in temps:
+                if tf.io.gfile.exists(tmp):
+                    tf.io.gfile.remove(tmp)
+        return
+    try:
+        write(temps)
+        if fault:
+            fault_point(f"{fault}.half", temps[0])
+        for tmp in temps:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        if fault:
+            fault_point(f"{fault}.written")
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    for folder in sorted({os.path.dirname(p) for p in paths}):
+        _fsync_dir(folder)
+    if fault:
+        fault_point(f"{fault}.renamed")
+
+
+def write_atomic_with(path: PathLike, write: Callable[[str], Any], *, fault: str | None = None,
+                      keep_suffix: bool = False) -> None:
+    """Calls `write(temp)` to create a temp file beside `path`, flushes it to disk and renames
+    it to `path`; the temp file is removed if anything fails.
+
+    Args:
+      path: the final file; local or remote (see the module docstring).
+      write: writes the complete file to the path it is given (e.g. `model.save_weights`).
+      fault: prefix of the fault points `<fault>.half`, `.written`, `.renamed` (tests).
+      keep_suffix: keep `path`'s ending on the temp name (see `temp_path`).
+    """
+    write_all_atomic([path], lambda temps: write(temps[0]), fault=fault, keep_suffix=keep_suffix)
+
+
+def _open(path: str, mode: str) -> IO:
+    """`open`, or `tf.io.gfile.GFile` for a remote path."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, mode)
+    return open(path, mode, encoding=None if "b" in mode else "utf-8")
+
+
+def write_atomic(path: PathLike, data: bytes, *, fault: str | None = None) -> None:
+    """Writes `data` to `path` atomically (temp file + fsync + rename)."""
+    def write(tmp: str) -> None:
+        with _open(tmp, "wb") as f:
+            f.write(data)
+
+    write_atomic_with(path, write, fault=fault)
+
+
+def write_text_atomic(path: PathLike, text: str, *, fault: str | None = None) -> None:
+    """Writes `text` (UTF-8) to `path` atomically."""
+    write_atomic(path, text.encode("utf-8"), fault=fault)
+
+
+def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2,
+                      fault: str | None = None) -> None:
+    """Writes `obj` as JSON (UTF-8, `indent`) to `path` atomically."""
+    def write(tmp: str) -> None:
+        with _open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent)
+
+    write_atomic_with(path, write, fault=fault)
+
+
+def remove_stale_temps(folder: PathLike) -> list[str]:
+    """Removes the temp files (and temp folders) a killed writer left in `folder` (local; one
+    writer per folder); returns their paths."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith(TEMP_PREFIX):
+            continue
+        stale = os.path.join(folder, name)
+        log.info("removing a temp file left by an interrupted write: %s", stale)
+        if os.path.isdir(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.remove(stale)
+        removed.append(stale)
+    return removed
+
+
+# === Finding media files ===
+def list_files(directory: PathLike, extensions: Iterable[str]) -> list[pathlib.Path]:
+    """Every file under `directory` (recursive, following symbolic links) whose name ends in
+    one of `extensions` (compared case-insensitively, e.g. `(".mp4", ".avi")`), sorted by path.
+
+    Used for videos (`constants.VIDEO_EXTENSIONS`) and audio (`constants.AUDIO_EXTENSIONS`).
+    Returns [] when `directory` does not exist.
+    """
+    endings = tuple(e.lower() for e in extensions)
+    found = []
+    for dirpath, _, filenames in os.walk(directory, followlinks=True):
+        for name in filenames:
+            path = pathlib.Path(dirpath) / name
+            if name.lower().endswith(endings) and path.is_file():
+                found.append(path)
+    return sorted(found)

@@ -1,0 +1,393 @@
+"""One training run, as library functions: checks, datasets, model, callbacks, fit, export.
+
+`train.py` parses flags into `flags.Settings` and calls `train(settings)`, which is these steps:
+
+    plan = prepare(settings)                  # every check; nothing written yet
+    strategy, model = build(settings, plan)   # distribution strategy, model, optimizer
+    start_run_dir(...)                        # config.json (chief)
+    backup, start = restore(...)              # resume from <model_dir>/backup
+    step = fit(...)                           # resumable, crash-safe
+    export(...)                               # versioned SavedModel, never a duplicate
+
+Paths may be remote (`gs://...`; tests use TensorFlow's in-memory `ram://`): the run directory,
+the export directory, the config file and the training data are read and written through
+`tf.io.gfile` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from av_disentangle import checkpoints, compat, files
+from av_disentangle.config import ModelConfig
+from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
+from av_disentangle.training import (NonFiniteLoss, UsageError, is_chief, make_optimizer,
+                                     make_strategy, worker_index)
+
+log = logging.getLogger("train")
+
+# Keys of config.json that must match to resume a run: everything that changes the model's
+# variables or the loss (a mismatch would not load, or would silently train something else).
+# The rest (epochs, steps, learning rate, data, verbosity, ...) may change between runs.
+RESUME_KEYS = {"model": None, "loss": None, "train": ("optimizer", "window_frames", "batch_tracks"),
+               "flags": ("mixed_precision", "objective"),
+               "supervised": ("labelled_audio", "labels_per_speaker", "num_speakers",
+                              "label_seed", "head", "aam_margin", "aam_scale", "freeze_trunk",
+                              "init_from")}
+
+
+def absolute(path: str) -> str:
+    """`path` made absolute when local; a remote path (`gs://...`) as it is."""
+    return path if files.is_remote(path) else os.path.abspath(path)
+
+
+# === Checks before anything is written ===
+def config_differences(stored: dict, new: dict) -> list[str]:
+    """`section.key: old -> new` for every RESUME_KEYS value that differs."""
+    diffs = []
+    for section, keys in RESUME_KEYS.items():
+        old_values, new_values = stored.get(section) or {}, new.get(section) or {}
+        names = sorted(set(old_values) | set(new_values)) if keys is None else keys
+        for name in names:
+            if keys is not None and name not in old_values:
+                continue  # written by an older version without this key
+            old, value = old_values.get(name, "(absent)"), new_values.get(name, "(absent)")
+            if old != value:
+                diffs.append(f"{section}.{name}: {json.dumps(old)} -> {json.dumps(value)}")
+    return diffs
+
+
+def check_model_dir(model_dir: str, resolved: dict) -> None:
+    """Before anything else is written: `model_dir` (local or remote) can be created, and a run
+    already in it has the same model and loss configuration. ValueError, one line."""
+    config_path = os.path.join(model_dir, "config.json")
+    if tf.io.gfile.exists(config_path) and not tf.io.gfile.isdir(config_path):
+        try:
+            with tf.io.gfile.GFile(config_path) as f:
+                stored = json.load(f)
+        except (tf.errors.OpError, ValueError) as e:
+            raise ValueError(f"cannot read {config_path} ({getattr(e, 'message', e)}); fix or "
+                             "remove it, or pass another --model_dir")
+        diffs = config_differences(stored, resolved)
+        if diffs:
+            raise ValueError(
+                f"--model_dir {model_dir} holds a run with another configuration "
+                f"({config_path}): {'; '.join(diffs)}. Rerun with the stored values to resume "
+                "it, or pass a new --model_dir to start a new run")
+    try:
+        tf.io.gfile.makedirs(model_dir)
+    except tf.errors.OpError as e:
+        reason = e.message.rsplit(": ", 1)[-1] if e.message else type(e).__name__
+        raise ValueError(f"cannot create --model_dir {model_dir}: {reason}")
+    if not files.is_remote(model_dir) and not os.access(model_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write into --model_dir {model_dir}: permission denied")
+
+
+def default_train_data(face_size: int) -> str:
+    """Prepares the bundled sample videos on first use; returns their TFRecord glob."""
+    from pipelines.prepare import prepare_bundled_samples
+
+    out = os.path.join(REPO_ROOT, "data", "prepared", f"samples_{face_size}")
+    log.info("preparing the bundled sample videos into %s (first use only)", out)
+    shards = prepare_bundled_samples(out, face_size=face_size, workers=os.cpu_count() or 1)
+    if not shards:
+        raise FileNotFoundError(f"preparing the bundled samples into {out} produced no shards")
+    return os.path.join(out, "*.tfrecord")
+
+
+def checked_shards(pattern: str, flag: str, skip_bad: bool, full: bool) -> str:
+    """Validates the shards of `pattern`; returns the pattern to train on (comma-separated
+    good files when bad ones are skipped). ValueError naming a bad file."""
+    from av_disentangle.shard_check import check_shards
+    from pipelines.input import list_shards
+
+    found = list_shards(pattern)
+    bad = check_shards(found, full=full)
+    if not bad:
+        return pattern
+    if not skip_bad:
+        path, problem = bad[0]
+        more = f" (and {len(bad) - 1} more bad shard(s))" if len(bad) > 1 else ""
+        raise ValueError(f"{flag} shard {path} is {problem}{more}; re-prepare it, or rerun "
+                         "with --skip_bad_shards to train on the other shards")
+    good = [f for f in found if f not in {p for p, _ in bad}]
+    for path, problem in bad:
+        log.warning("skipping bad shard %s: %s", path, problem)
+    if not good:
+        raise ValueError(f"all {len(found)} {flag} shards matching {pattern!r} are bad "
+                         f"(e.g. {bad[0][0]}: {bad[0][1]})")
+    log.warning("--skip_bad_shards: training on %d of %d %s shards (%d bad skipped)",
+                len(good), len(found), flag, len(bad))
+    return ",".join(good)
+
+
+def load_supervised(settings: Settings):
+    """`--objective supervised`: the LabelledAudio with the label budget drawn and the audio
+    decoded, and `--init_from` checked against this model size. Raises ValueError /
+    UsageError with a one-line message; writes nothing."""
+    from av_disentangle.supervised import check_init_from
+    from pipelines.labelled import load_labelled_audio
+
+    config = settings.supervised
+    if not config.labelled_audio:
+        raise ValueError("--objective supervised needs --labelled_audio (a folder "
+                         "<speaker>/.../<utt>.{wav,flac,m4a,mp3,ogg,opus,aac} or a TFRecord glob)")
+    if config.init_from:
+        check_init_from(config.init_from, settings.model)
+    labelled = load_labelled_audio(config.labelled_audio,
+                                   labels_per_speaker=config.labels_per_speaker,
+                                   num_speakers=config.num_speakers, seed=config.label_seed)
+    log.info("supervised: %d speakers, %d labelled utterances from %s (label seed %d)",
+             labelled.num_classes, len(labelled.selection.utterances), config.labelled_audio,
+             config.label_seed)
+    return labelled
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What `prepare` checked: the record for config.json and the data to train on.
+
+    Attributes:
+      train_files, val_files: shard patterns (self-supervised; None for supervised).
+      labelled: the decoded LabelledAudio (supervised; None otherwise).
+    """
+
+    resolved: dict[str, Any]
+    train_data: str
+    train_files: str | None
+    val_files: str | None
+    labelled: Any = None
+
+
+def prepare(settings: Settings) -> Plan:
+    """Every check that can fail on the user's input, before anything is written: the labelled
+    data and `--init_from` (supervised), `--model_dir` against a run already in it, and the
+    shards. Raises UsageError (one line)."""
+    try:
+        resolved = settings_record(settings)
+        if settings.supervised is not None:  # labels read, init_from checked, nothing written
+            labelled = load_supervised(settings)
+            resolved["labels"] = labelled.selection.to_dict()
+            check_model_dir(settings.run.model_dir, resolved)
+            return Plan(resolved, settings.supervised.labelled_audio, None, None, labelled)
+        check_model_dir(settings.run.model_dir, resolved)
+        run = settings.run
+        train_data = run.train_data or default_train_data(settings.model.face_size)
+        train_files = checked_shards(train_data, "--train_data", run.skip_bad_shards,
+                                     run.full_shard_check)
+        val_files = run.val_data and checked_shards(run.val_data, "--val_data",
+                                                    run.skip_bad_shards, run.full_shard_check)
+        return Plan(resolved, train_data, train_files, val_files)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
+
+
+# === Model, datasets, callbacks ===
+def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras.Model]:
+    """Seeds, mixed precision, the strategy, and the compiled model with a built optimizer."""
+    keras.utils.set_random_seed(settings.train.seed)  # same on every worker (DATA sharding)
+    if settings.run.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{settings.run.mixed_precision}")
+    strategy = make_strategy(settings.run.cpu_replicas)
+    replicas = strategy.num_replicas_in_sync
+    if settings.train.batch_tracks % replicas:
+        raise UsageError(f"--batch_tracks {settings.train.batch_tracks} must be divisible by "
+                         f"the {replicas} replicas")
+    log.info("strategy %s with %d replica(s); %d tracks per replica (negatives %s)",
+             type(strategy).__name__, replicas, settings.train.batch_tracks // replicas,
+             "gathered across replicas" if settings.loss.gather_negatives else "per replica")
+    with strategy.scope():
+        if plan.labelled is not None:
+            from av_disentangle.supervised import build_supervised_model
+
+            model = build_supervised_model(settings.model, settings.supervised,
+                                           plan.labelled.num_classes)
+        else:
+            from av_disentangle.model import DisentangleModel
+
+            model = DisentangleModel(settings.model, settings.loss)
+        model.compile(optimizer=make_optimizer(settings.train))
+        compat.build_optimizer(model)  # before a backup restore: see compat.build_optimizer
+    return strategy, model
+
+
+def dataset_maker(settings: Settings, plan: Plan,
+                  pattern: str | None) -> Callable[[int], tf.data.Dataset]:
+    """`step -> dataset` of the training input for a `fit` starting at `step`: a resumed run
+    draws a new deterministic sequence of windows (seed + start step) instead of replaying the
+    windows the first steps already trained on."""
+    from pipelines.input import InputConfig, make_dataset, shard_by_data
+
+    train = settings.train
+
+    def dataset(step: int) -> tf.data.Dataset:
+        if plan.labelled is not None:
+            from pipelines.labelled import make_labelled_dataset
+
+            return shard_by_data(make_labelled_dataset(
+                plan.labelled, batch_size=train.batch_tracks,
+                crop_seconds=settings.supervised.crop_seconds, seed=train.seed + step))
+        return make_dataset(InputConfig(pattern, batch_tracks=train.batch_tracks,
+                                        window_frames=train.window_frames,
+                                        face_size=settings.model.face_size,
+                                        seed=train.seed + step))
+    return dataset
+
+
+def start_run_dir(model_dir: str, plan: Plan, replicas: int) -> None:
+    """The chief's first writes: temp files of a killed run removed, config.json (atomic)."""
+    checkpoints.prepare_run_dir(model_dir)
+    checkpoints.write_json_atomic(
+        os.path.join(model_dir, "config.json"),
+        {**plan.resolved, "train_data": plan.train_data, "replicas": replicas}, fault="config")
+
+
+def restore(model: keras.Model, strategy: tf.distribute.Strategy, settings: Settings,
+            chief: bool) -> tuple[checkpoints.CrashSafeBackup, int]:
+    """The crash-safe backup of this process and the step it resumed from (0: a new run).
+
+    Every worker keeps its own backup (weights are identical across workers, so any one can
+    resume); only the chief writes per-epoch checkpoints, TensorBoard logs and the export."""
+    model_dir, train = settings.run.model_dir, settings.train
+    backup_dir = os.path.join(
+        model_dir, "backup" if chief else f"backup_worker_{worker_index(strategy)}")
+    backup = checkpoints.CrashSafeBackup(backup_dir, train.steps_per_epoch,
+                                         every_steps=settings.run.checkpoint_every_steps)
+    backup.set_model(model)
+    try:
+        with strategy.scope():
+            start = backup.restore()
+    except checkpoints.BackupError as e:
+        raise UsageError(str(e)) from e
+    spe, target = train.steps_per_epoch, train.epochs * train.steps_per_epoch
+    if start >= target:
+        log.info("the run in %s is complete: step %d of %d (%d epochs of %d steps); nothing to "
+                 "train (raise --epochs to train longer)", model_dir, start, target,
+                 train.epochs, spe)
+    elif start:
+        epoch, done = divmod(start, spe)
+        log.info("resuming at step %d (epoch %d%s) from %s", start, epoch + 1 if done else epoch,
+                 f", step {done} of {spe}" if done else " done", backup.restored_from)
+    return backup, start
+
+
+def make_callbacks(model_dir: str, backup: checkpoints.CrashSafeBackup, *, chief: bool,
+                   log_every_steps: int,
+                   profile_steps: tuple[int, int] | None) -> list[keras.callbacks.Callback]:
+    """NaN stop, per-epoch checkpoints and TensorBoard scalars (chief), and the backup, last:
+    an epoch's checkpoint and logs are written before its backup."""
+    from av_disentangle.summaries import ScalarLogger
+
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if chief:
+        callbacks += [checkpoints.EpochCheckpoint(os.path.join(model_dir, "checkpoints")),
+                      ScalarLogger(os.path.join(model_dir, "logs"), log_every_steps,
+                                   profile_steps)]
+    return callbacks + [backup]
+
+
+def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset], *,
+        start: int, epochs: int, steps_per_epoch: int, callbacks: list, verbose: int,
+        backup: checkpoints.CrashSafeBackup, val_dataset: tf.data.Dataset | None = None,
+        validation_steps: int | None = None, shard_patterns: tuple[str, ...] = ()) -> int:
+    """`checkpoints.resumable_fit` with the user's errors made one line: a corrupt record
+    (UsageError naming the shard, found by checking `shard_patterns`) and a NaN/Inf loss
+    (NonFiniteLoss). Returns the step reached."""
+    from av_disentangle.shard_check import check_shards
+    from pipelines.input import list_shards
+
+    try:
+        step = checkpoints.resumable_fit(
+            model, make_train_dataset, start_step=start, epochs=epochs,
+            steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+            validation_data=val_dataset,
+            validation_steps=validation_steps if val_dataset else None)
+    except tf.errors.DataLossError as e:
+        found = [f for pattern in shard_patterns for f in list_shards(pattern)]
+        log.info("a record failed its checksum; checking all %d shards to name it", len(found))
+        bad = check_shards(found, full=True)
+        named = "; ".join(f"{p} is {problem}" for p, problem in bad) or str(e.message)[:200]
+        raise UsageError(f"corrupt training data: {named}. The last good state is kept in "
+                         f"{backup.backup_dir}; rerun with --full_shard_check --skip_bad_shards "
+                         "to train on the other shards") from e
+    if backup.saw_non_finite:
+        raise NonFiniteLoss(
+            f"training stopped: the loss became NaN/Inf at step {step}. The last good state "
+            f"is kept in {backup.backup_dir}; lower --learning_rate and rerun to resume from it")
+    log.info("trained to step %d", step)
+    return step
+
+
+# === Export ===
+def export(model: keras.Model, model_config: ModelConfig, *, model_dir: str, step: int,
+           weights_sha256: str | None, export_dir: str | None, export_root: str,
+           export_name: str) -> tuple[str, bool]:
+    """Exports the streams as a versioned SavedModel, once per trained state.
+
+    Returns (SavedModel directory, whether this call wrote it): the weights of this step
+    already exported are not exported again, and an export a kill interrupted is finished in
+    the folder it was given. `export_dir` None: `<export_root>/<export_name>/<next version>`.
+    """
+    from av_disentangle.export import export_saved_model, next_version_dir
+
+    record = checkpoints.read_export_record(model_dir)
+    wanted = absolute(export_dir) if export_dir else None
+    target = None
+    if (record and weights_sha256 and record.get("weights_sha256") == weights_sha256
+            and wanted in (None, record.get("export_dir"))):
+        if tf.io.gfile.exists(os.path.join(record["export_dir"], "saved_model.pb")):
+            log.info("the weights of step %d are already exported to %s; not exporting a "
+                     "duplicate", step, record["export_dir"])
+            return record["export_dir"], False
+        if not tf.io.gfile.exists(record["export_dir"]):  # a kill stopped that export
+            target = record["export_dir"]
+    target = target or wanted or next_version_dir(os.path.join(export_root, export_name))
+    if tf.io.gfile.exists(target):
+        raise UsageError(f"export directory {target} already exists; TF Serving versions "
+                         "are immutable, pick a new version")
+    if weights_sha256:  # written first: a rerun after a kill finishes this export, not a new one
+        checkpoints.write_export_record(model_dir, target, step, weights_sha256)
+    return export_saved_model(model.face_stream, model.audio_stream, model_config,
+                              target), True
+
+
+# === The whole run ===
+def train(settings: Settings) -> tuple[str | None, bool]:
+    """Checks, trains (resuming if `--model_dir` holds a backup) and exports.
+
+    Returns:
+      (SavedModel directory or None with `no_export` / on a non-chief worker, whether this call
+      wrote it).
+    Raises:
+      UsageError: the user's input is wrong (one line; nothing written when found up front).
+      NonFiniteLoss: the loss became NaN/Inf (the last good state is kept).
+    """
+    run, train_config = settings.run, settings.train
+    plan = prepare(settings)
+    strategy, model = build(settings, plan)
+    chief = is_chief(strategy)
+    if chief:  # (the chief alone cleans up temp files: the workers share model_dir)
+        start_run_dir(run.model_dir, plan, strategy.num_replicas_in_sync)
+    backup, start = restore(model, strategy, settings, chief)
+    callbacks = make_callbacks(run.model_dir, backup, chief=chief,
+                               log_every_steps=run.log_every_steps,
+                               profile_steps=parse_profile_steps(run.profile_steps))
+    val_dataset = dataset_maker(settings, plan, plan.val_files)(0) if plan.val_files else None
+    step = fit(model, dataset_maker(settings, plan, plan.train_files), start=start,
+               epochs=train_config.epochs, steps_per_epoch=train_config.steps_per_epoch,
+               callbacks=callbacks, verbose=run.keras_verbose, backup=backup,
+               val_dataset=val_dataset, validation_steps=run.validation_steps,
+               shard_patterns=tuple(p for p in (plan.train_files, plan.val_files) if p))
+    if run.no_export or not chief:
+        return None, False
+    weights_sha = backup.generations[0].sha256 if backup.generations else None
+    return export(model, settings.model, model_dir=run.model_dir, step=step,
+                  weights_sha256=weights_sha, export_dir=run.export_dir,
+                  export_root=run.export_root, export_name=run.export_name)

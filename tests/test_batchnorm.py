@@ -1,0 +1,43 @@
+"""`av_disentangle.batchnorm`: precise-BN re-estimation of the streams' moving statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from av_disentangle.batchnorm import reestimate_batchnorm, stream_batchnorm_layers
+from av_disentangle.config import LossConfig, ModelConfig
+from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES, SAMPLES_PER_FRAME
+from av_disentangle.model import DisentangleModel
+
+WINDOW = 9
+
+
+def test_reestimated_statistics_are_those_of_the_final_weights():
+    """Momentum 0 over one batch: the moving statistics become that batch's, so inference
+    mode reproduces training mode on it; the weights and the layers' momentum are unchanged."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    rng = np.random.default_rng(0)
+    batch = {FRAMES: rng.integers(0, 256, (4, WINDOW, 64, 64, 3), dtype=np.uint8),
+             AUDIO: (0.1 * rng.normal(size=(4, WINDOW * SAMPLES_PER_FRAME))).astype(np.float32),
+             AUDIO_2: (0.1 * rng.normal(size=(4, WINDOW * SAMPLES_PER_FRAME))).astype(np.float32)}
+    audio = np.concatenate([batch[AUDIO], batch[AUDIO_2]])
+    model.face_stream(batch[FRAMES]), model.audio_stream(audio)  # build
+
+    def gap(stream, x):
+        train, infer = stream(x, training=True), stream(x, training=False)
+        return max(float(np.max(np.abs(train[k] - infer[k]))) for k in train)
+
+    layers = stream_batchnorm_layers(model)
+    assert layers and {layer.momentum for layer in layers} == {0.9}
+    weights = [w.numpy().copy() for w in model.trainable_weights]
+    assert gap(model.face_stream, batch[FRAMES]) > 1e-2  # fresh moving statistics: 0 and 1
+    reestimate_batchnorm(model, tf.data.Dataset.from_tensors(batch), batches=1, momentum=0.0)
+    assert gap(model.face_stream, batch[FRAMES]) < 1e-3
+    assert gap(model.audio_stream, audio) < 1e-3
+    assert {layer.momentum for layer in layers} == {0.9}
+    for before, after in zip(weights, model.trainable_weights):
+        np.testing.assert_array_equal(before, after.numpy())
