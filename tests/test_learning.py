@@ -163,9 +163,10 @@ def test_paired_difference_marks_only_effects_beyond_spread():
 
 @pytest.mark.slow
 def test_learning_benchmark_smoke(tmp_path, monkeypatch):
-    """benchmarks/learning.py end to end on a tiny world: 2 seeds x 1 world at training-world
-    correlation 0.9, two modes, the curve (TensorBoard scalars + PNG) and the JSON with spreads
-    and trial errors."""
+    """benchmarks/learning.py end to end on a tiny world: 1 seed x 1 world at training-world
+    correlation 0.9, two modes, the curve (TensorBoard scalars + PNG) and the JSON with the
+    trial errors and the paired difference. (One run per row keeps this at 2 trainings, ~40 s;
+    the spread over runs is checked by test_paired_difference_marks_only_effects_beyond_spread.)"""
     import dataclasses
     import glob
     import json
@@ -177,7 +178,7 @@ def test_learning_benchmark_smoke(tmp_path, monkeypatch):
                                steps_per_epoch=2, batch_tracks=4, recalibration_batches=1)
     monkeypatch.setattr(learning, "QUICK", tiny)
     out, png = tmp_path / "out.json", tmp_path / "curve.png"
-    assert learning.main(["--quick", "--seeds", "2", "--correlations", "0.9", "--configs",
+    assert learning.main(["--quick", "--seeds", "1", "--correlations", "0.9", "--configs",
                           "both (shared trunk),both + adversarial", "--workdir",
                           str(tmp_path / "work"), "--curve_every", "1", "--curve_png",
                           str(png), "--json", str(out)]) == 0
@@ -186,12 +187,12 @@ def test_learning_benchmark_smoke(tmp_path, monkeypatch):
     rows = {r["config"]: r for r in result["tables"][0]["rows"]}
     assert set(rows) == {"both (shared trunk)", "both + adversarial"}
     adv = rows["both + adversarial"]
-    assert adv["n"] == 2 and adv["ci95"]["sv_eer"] >= 0 and adv["trial_se"]["sv_eer"] > 0
+    assert adv["n"] == 1 and adv["trial_se"]["sv_eer"] > 0
     assert "content_probe_mlp_audio_identity" in adv["mean"]
-    assert adv["vs_reference"]["sv_eer"]["n"] == 2
+    assert adv["vs_reference"]["sv_eer"]["n"] == 1
     assert [p[0] for p in adv["training"][0]["curve"]] == [0, 1, 2]
     assert png.stat().st_size > 1000
-    events = glob.glob(str(tmp_path / "work" / "curves" / "corr0.9" / "world0" / "seed1" /
+    events = glob.glob(str(tmp_path / "work" / "curves" / "corr0.9" / "world0" / "seed0" /
                            "both___adversarial" / "events.out.tfevents.*"))
     assert events, list((tmp_path / "work").rglob("*"))
     world = list((tmp_path / "work").glob("*/train_corr0.9/manifest.json"))
