@@ -94,3 +94,12 @@ def standin_model(tmp_path_factory) -> str:
     from standin import export_standin
 
     return export_standin(str(tmp_path_factory.mktemp("saved_models") / "standin" / "1"))
+
+
+def lagged_corr(x: np.ndarray, y: np.ndarray, lag: int) -> float:
+    """corr(x[t], y[t + lag]) of two (F,) series (lag in frames, either sign)."""
+    if lag > 0:
+        x, y = x[:-lag], y[lag:]
+    elif lag < 0:
+        x, y = x[-lag:], y[:lag]
+    return float(np.corrcoef(x, y)[0, 1])

@@ -14,19 +14,12 @@ import pytest
 from av_disentangle import constants
 from pipelines import records, synthetic
 
+from conftest import lagged_corr
+
 SMALL = synthetic.SyntheticConfig(num_identities=2, tracks_per_identity=2, num_frames=12,
                                   face_size=32, seed=3)
 # Clips long enough for the sync/pitch statistics.
 MEDIUM = synthetic.SyntheticConfig(num_frames=75, face_size=64, seed=0)
-
-
-def _lagged_corr(x: np.ndarray, y: np.ndarray, lag: int) -> float:
-    """corr(x[t], y[t + lag])."""
-    if lag > 0:
-        x, y = x[:-lag], y[lag:]
-    elif lag < 0:
-        x, y = x[-lag:], y[:lag]
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def _frame_energy(audio_i16: np.ndarray) -> np.ndarray:
@@ -158,8 +151,8 @@ def test_lips_are_synchronised_with_audio():
         track = synthetic.generate_track(MEDIUM, ident, t)
         mouth = _mouth_pixels(track.frames)
         energy = _frame_energy(track.audio)
-        lag0.append(_lagged_corr(mouth, energy, 0))
-        lag3.append(max(_lagged_corr(mouth, energy, 3), _lagged_corr(mouth, energy, -3)))
+        lag0.append(lagged_corr(mouth, energy, 0))
+        lag3.append(max(lagged_corr(mouth, energy, 3), lagged_corr(mouth, energy, -3)))
     assert np.mean(lag0) > 0.5
     assert np.mean(lag0) > np.mean(lag3) + 0.3
     assert all(a > b for a, b in zip(lag0, lag3))

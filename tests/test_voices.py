@@ -14,19 +14,12 @@ from av_disentangle import constants
 from av_disentangle.errors import UserError
 from pipelines import records, synthetic, voices
 
+from conftest import lagged_corr
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = os.path.join(REPO, "data", "samples", "librispeech_subset")  # 5 speakers x 10
 SELECTION_TSV = os.path.join(REPO, "data", "librispeech_train_clean_100_sel.tsv")
 SMALL = voices.VoicesConfig(track_seconds=3.0, face_size=64, seed=0)
-
-
-def _lagged_corr(x: np.ndarray, y: np.ndarray, lag: int) -> float:
-    """corr(x[t], y[t + lag])."""
-    if lag > 0:
-        x, y = x[:-lag], y[lag:]
-    elif lag < 0:
-        x, y = x[-lag:], y[:lag]
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def _frame_level_db(audio: np.ndarray) -> np.ndarray:
@@ -81,13 +74,13 @@ def test_mouth_opening_follows_the_frames_own_audio(subset):
         level = _frame_level_db(track.audio)
         opening = drivers["mouth_open"]
         assert len(opening) == track.frames.shape[0] == len(level) == 75
-        lag0.append(_lagged_corr(opening, level, 0))
-        lag1.append(max(_lagged_corr(opening, level, 1), _lagged_corr(opening, level, -1)))
-        lag2.append(max(_lagged_corr(opening, level, 2), _lagged_corr(opening, level, -2)))
+        lag0.append(lagged_corr(opening, level, 0))
+        lag1.append(max(lagged_corr(opening, level, 1), lagged_corr(opening, level, -1)))
+        lag2.append(max(lagged_corr(opening, level, 2), lagged_corr(opening, level, -2)))
         # The drawn video shows that opening (measured on the pixels, not the drivers).
         mouth = _mouth_pixels(track.frames)
-        pixels0.append(_lagged_corr(mouth, level, 0))
-        pixels3.append(max(_lagged_corr(mouth, level, 3), _lagged_corr(mouth, level, -3)))
+        pixels0.append(lagged_corr(mouth, level, 0))
+        pixels3.append(max(lagged_corr(mouth, level, 3), lagged_corr(mouth, level, -3)))
     # Measured: lag 0 0.92-0.96 (0.87-0.98 over 15 tracks of the 5 speakers), lag +-1 mean
     # 0.74, lag +-2 mean 0.48; pixels 0.78-0.91 at lag 0, mean 0.38 at lag +-3.
     assert min(lag0) > 0.85
