@@ -261,11 +261,8 @@ def restore(model: keras.Model, strategy: tf.distribute.Strategy, settings: Sett
     backup = checkpoints.CrashSafeBackup(backup_dir, train.steps_per_epoch,
                                          every_steps=settings.run.checkpoint_every_steps)
     backup.set_model(model)
-    try:
-        with strategy.scope():
-            start = backup.restore()
-    except checkpoints.BackupError as e:
-        raise UsageError(str(e)) from e
+    with strategy.scope():  # a BackupError is a UserError: one line, exit 2
+        start = backup.restore()
     spe, target = train.steps_per_epoch, train.epochs * train.steps_per_epoch
     if start >= target:
         log.info("the run in %s is complete: step %d of %d (%d epochs of %d steps); nothing to "

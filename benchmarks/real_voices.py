@@ -14,7 +14,8 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    speakers x 10 utterances) is written as a second, fully held-out world.
 2. Per seed and row, a `DisentangleModel` is trained with `benchmarks.learning.train` on the
    training speakers' shards (rows: untrained initialisation, content only, identity only,
-   joint; the full benchmark adds the disentanglement modes and a supervised reference).
+   joint (`learning.CONFIGS`' names); the full benchmark adds the disentanglement modes (the
+   supervised reference row is not built yet).
 3. Speaker verification of the audio identity embedding (`learning.embed`, 1 s windows,
    time-pooled, L2-normalised, averaged per track; cosine scores) on
    (a) the held-out speakers: all track pairs (a target pair is two tracks of one speaker;
@@ -59,20 +60,10 @@ SHARED_VOICES = learning.REPO.parent / "shared" / "data" / "librispeech_train_cl
 BUNDLED_VOICES = learning.REPO / "data" / "samples" / "librispeech_subset"
 P_TARGET = 0.05
 
+# The learning benchmark's loss configurations, under its row names (one definition).
+ROWS_FULL: dict[str, LossConfig | None] = {learning.UNTRAINED: None, **learning.CONFIGS}
 ROWS_QUICK: dict[str, LossConfig | None] = {
-    learning.UNTRAINED: None,
-    "identity only": LossConfig(content_weight=0.0, disentangle="none"),
-    "joint": LossConfig(disentangle="none"),
-}
-ROWS_FULL: dict[str, LossConfig | None] = {
-    learning.UNTRAINED: None,
-    "content only": LossConfig(identity_weight=0.0, disentangle="none"),
-    "identity only": LossConfig(content_weight=0.0, disentangle="none"),
-    "joint": LossConfig(disentangle="none"),
-    "joint + confusion": LossConfig(disentangle="confusion"),
-    "joint + adversarial": LossConfig(disentangle="adversarial"),
-    "joint + GRL": LossConfig(disentangle="grl"),
-}
+    name: ROWS_FULL[name] for name in (learning.UNTRAINED, "identity only", learning.REFERENCE)}
 
 
 @dataclasses.dataclass(frozen=True)
