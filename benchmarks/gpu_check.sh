@@ -19,6 +19,9 @@
 # part whose framework is missing is recorded as skipped, with the reason.
 set -u
 cd "$(dirname "$0")/.."
+# The repo root on the path: the parts run as scripts (sys.path[0] = benchmarks/) on machines
+# where the project is not pip-installed (the lent GPU image).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 QUICK=${GPU_CHECK_QUICK:-0}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}  # seconds for all parts together

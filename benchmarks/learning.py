@@ -5,6 +5,7 @@ Usage:
     python benchmarks/learning.py [--quick] [--seeds N] [--data_seeds M]
         [--correlations 0,0.5,0.9] [--steps N | --minutes_per_config X]
         [--curve_every N --curve_png curve.png] [--workdir /tmp/av_learning] [--json out.json]
+    python benchmarks/learning.py --merge a.json b.json [--curve_png curve.png] [--json all.json]
 
 1. Generates (once, cached in --workdir) a synthetic world (`pipelines.synthetic`) with
    ground-truth identity and per-frame content units: a `train` split of identities and a
@@ -989,7 +990,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", "--out", dest="out", default="", help="write results JSON here")
     p.add_argument("--real", action="store_true",
                    help="smoke test on the bundled real clips (GRID + VoxCeleb2-style crops)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="train nothing: merge the results JSONs of runs split by correlation, "
+                        "seed or world (e.g. parallel processes) and print the tables")
     args = p.parse_args(argv)
+    if args.merge:
+        payloads = []
+        for path in args.merge:
+            try:
+                with tf.io.gfile.GFile(path) as f:
+                    payloads.append(json.load(f))
+            except (OSError, tf.errors.OpError, json.JSONDecodeError) as err:
+                p.error(f"--merge {path}: cannot read results JSON ({err})")
+        try:
+            merged = merge_payloads(payloads)
+        except ValueError as err:
+            p.error(f"--merge: {err}")
+        report(merged, args.curve_png, args.out)
+        return 0
 
     t_start = time.time()
     preset = QUICK if args.quick else FULL
@@ -1098,15 +1116,83 @@ def main(argv: list[str] | None = None) -> int:
             if key.startswith("identity_probe"):
                 chance[key] = any_run["identity_probe_chance"]
 
-    total = time.time() - t_start
+    payload = {"mode": "quick" if args.quick else "full", "seeds": seeds,
+               "data_seeds": data_seeds, "correlations": correlations,
+               "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
+               "chance": chance, "total_seconds": time.time() - t_start,
+               "tables": [{"correlation": c, "rows": by_corr[c]} for c in correlations],
+               "curves": curves}
+    report(payload, args.curve_png, args.out)
+    return 0
+
+
+def _nan_for_none(obj):
+    """Inverse of `_json_safe` for the per-run records: None (a NaN when written) -> nan."""
+    if obj is None:
+        return float("nan")
+    if isinstance(obj, dict):
+        return {k: _nan_for_none(v) for k, v in obj.items()}
+    return obj
+
+
+def merge_payloads(payloads: list[dict]) -> dict:
+    """Results JSONs of runs split across processes or machines (by correlation, training
+    seed or world) -> one payload, re-summarised from the per-run records as if one run had
+    made them all. Runs of one (configuration, correlation, seed, world) must not repeat.
+
+    Raises ValueError naming the problem (different presets, a repeated run)."""
+    first = payloads[0]
+    for other in payloads[1:]:
+        if other["preset"] != first["preset"]:
+            raise ValueError("cannot merge results of different presets (world, model, steps): "
+                             f"{first['preset']} vs {other['preset']}")
+    results: dict[float, dict[str, list]] = {}
+    timings: dict[float, dict[str, list]] = {}
+    for payload in payloads:
+        for table in payload["tables"]:
+            corr = float(table["correlation"])
+            for row in table["rows"]:
+                runs = results.setdefault(corr, {}).setdefault(row["config"], [])
+                seen = {(r["seed"], r["data_seed"]) for r in runs}
+                for run in row["runs"]:
+                    if (run["seed"], run["data_seed"]) in seen:
+                        raise ValueError(f"run of {row['config']!r} at correlation {corr:g}, "
+                                         f"seed {run['seed']}, world {run['data_seed']} "
+                                         "appears twice")
+                    runs.append({k: v for k, v in _nan_for_none(run).items()})
+                timings.setdefault(corr, {}).setdefault(row["config"], []).extend(
+                    row["training"])
+    correlations = sorted(results)
+    curves: dict[str, list] = {}
+    for payload in payloads:
+        for label, runs in payload.get("curves", {}).items():
+            curves.setdefault(label, []).extend(runs)
+    return {"mode": first["mode"],
+            "seeds": sorted({s for p in payloads for s in p["seeds"]}),
+            "data_seeds": sorted({s for p in payloads for s in p["data_seeds"]}),
+            "correlations": correlations, "preset": first["preset"], "chance": first["chance"],
+            "total_seconds": float(sum(p["total_seconds"] for p in payloads)),
+            "tables": [{"correlation": c, "rows": make_rows(results[c], timings[c])}
+                       for c in correlations],
+            "curves": curves, "merged_from": len(payloads)}
+
+
+def report(payload: dict, curve_png: str = "", out: str = "") -> None:
+    """Prints the tables of a results payload (one run's, or `merge_payloads`'), writes the
+    curve plot and the JSON (atomically)."""
+    by_corr = {t["correlation"]: t["rows"] for t in payload["tables"]}
+    correlations = sorted(by_corr)
+    chance, preset = payload["chance"], payload["preset"]
+    any_run = by_corr[correlations[0]][0]["runs"][0]
     print()
-    print(f"mode {'quick' if args.quick else 'full'}; training seeds {seeds} x worlds "
-          f"(data seeds) {data_seeds}; world: {preset.train_identities} train + "
-          f"{preset.test_identities} held-out identities x {preset.tracks_per_identity} tracks x "
-          f"{preset.num_frames} frames, {preset.face_size}px; window {preset.window_frames} "
-          f"frames (T'={any_run['num_steps']}), batch {preset.batch_tracks} tracks, Adam lr "
-          f"{preset.learning_rate}; held-out trials per world: SV {any_run['sv_targets']} "
-          f"target / {any_run['sv_trials']}; model {preset.model}")
+    print(f"mode {payload['mode']}; training seeds {payload['seeds']} x worlds "
+          f"(data seeds) {payload['data_seeds']}; world: {preset['train_identities']} train + "
+          f"{preset['test_identities']} held-out identities x {preset['tracks_per_identity']} "
+          f"tracks x {preset['num_frames']} frames, {preset['face_size']}px; window "
+          f"{preset['window_frames']} frames (T'={any_run['num_steps']}), batch "
+          f"{preset['batch_tracks']} tracks, Adam lr {preset['learning_rate']}; held-out "
+          f"trials per world: SV {any_run['sv_targets']} target / {any_run['sv_trials']}; "
+          f"model {preset['model']}")
     for corr in correlations:
         print(f"\n== training-world content-identity correlation {corr:g} (held-out test "
               f"world uncorrelated) ==")
@@ -1117,21 +1203,16 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_correlation_summary(by_corr))
     print(LEGEND)
-    if args.curve_png and curves:
-        plot_curves(args.curve_png, curves,
+    if curve_png and payload["curves"]:
+        plot_curves(curve_png, payload["curves"],
                     f"held-out sync@1 and SV EER during training (raw BN statistics); "
-                    f"seeds {seeds} x worlds {data_seeds}")
-    print(f"total wall time {total:.1f} s (shared CPU: timings are noisy)")
-    if args.out:
-        payload = {"mode": "quick" if args.quick else "full", "seeds": seeds,
-                   "data_seeds": data_seeds, "correlations": correlations,
-                   "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
-                   "chance": chance, "total_seconds": total,
-                   "tables": [{"correlation": c, "rows": by_corr[c]} for c in correlations],
-                   "curves": curves}
-        files.write_json_atomic(args.out, _json_safe(payload), indent=1)
-        print(f"wrote {args.out}")
-    return 0
+                    f"seeds {payload['seeds']} x worlds {payload['data_seeds']}")
+    print(f"total wall time {payload['total_seconds']:.1f} s"
+          + (f" (summed over {payload['merged_from']} merged runs)"
+             if payload.get("merged_from") else "") + " (shared CPU: timings are noisy)")
+    if out:
+        files.write_json_atomic(out, _json_safe(payload), indent=1)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ slightly wider custom config below.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -167,7 +170,6 @@ def test_learning_benchmark_smoke(tmp_path, monkeypatch):
     correlation 0.9, two modes, the curve (TensorBoard scalars + PNG) and the JSON with the
     trial errors and the paired difference. (One run per row keeps this at 2 trainings, ~40 s;
     the spread over runs is checked by test_paired_difference_marks_only_effects_beyond_spread.)"""
-    import dataclasses
     import glob
     import json
 
@@ -200,3 +202,72 @@ def test_learning_benchmark_smoke(tmp_path, monkeypatch):
     assert json.loads(world[0].read_text())["config"]["content_identity_correlation"] == 0.9
     test_world = json.loads((world[0].parent.parent / "test" / "manifest.json").read_text())
     assert test_world["config"]["content_identity_correlation"] == 0.0
+
+
+def _fake_payload(seeds, worlds, corr=0.0, shift=0.0):
+    """A results payload as `learning.main` writes it, from made-up per-run metrics."""
+    from benchmarks import learning
+
+    rng = np.random.default_rng(7)
+    results, timings = {}, {}
+    for name, offset in (("both (shared trunk)", 0.0), ("both + confusion", shift)):
+        for s in seeds:
+            for w in worlds:
+                results.setdefault(name, []).append(
+                    {"seed": s, "data_seed": w, "sv_eer": 0.2 + offset + 0.01 * rng.normal(),
+                     "sv_eer_se": 0.01, "sync_top1": 0.5, "sync_top1_se": 0.02,
+                     "num_steps": 12, "sv_targets": 10, "sv_trials": 100})
+                timings.setdefault(name, []).append({"seed": s, "data_seed": w, "steps": 5,
+                                                     "train_seconds": 1.0, "eval_seconds": 1.0})
+    return {"mode": "full", "seeds": list(seeds), "data_seeds": list(worlds),
+            "correlations": [corr], "chance": {"sv_eer": 0.5},
+            "preset": json.loads(json.dumps(dataclasses.asdict(learning.FULL))),
+            "total_seconds": 10.0, "curves": {},
+            "tables": [{"correlation": corr, "rows": learning.make_rows(results, timings)}]}
+
+
+def test_merge_equals_one_run_and_rejects_repeats():
+    """Results of runs split by seed (parallel processes) merge into the table one run over
+    all seeds would give; a run present twice, or another preset, is refused."""
+    from benchmarks import learning
+
+    whole = _fake_payload(range(3), range(2), shift=-0.05)
+    part_a = json.loads(json.dumps(whole))
+    part_b = json.loads(json.dumps(whole))
+    for part, keep in ((part_a, {0}), (part_b, {1, 2})):  # split the same runs by seed
+        for row in part["tables"][0]["rows"]:
+            row["runs"] = [r for r in row["runs"] if r["seed"] in keep]
+            row["training"] = [t for t in row["training"] if t["seed"] in keep]
+        part["seeds"] = sorted(keep)
+    merged = learning.merge_payloads([part_a, part_b])
+    assert merged["seeds"] == [0, 1, 2] and merged["data_seeds"] == [0, 1]
+    got = {r["config"]: r for r in merged["tables"][0]["rows"]}
+    want = {r["config"]: r for r in whole["tables"][0]["rows"]}
+    for name in want:
+        assert got[name]["n"] == 6
+        assert got[name]["mean"]["sv_eer"] == pytest.approx(want[name]["mean"]["sv_eer"])
+        assert got[name]["ci95"]["sv_eer"] == pytest.approx(want[name]["ci95"]["sv_eer"])
+    diff = got["both + confusion"]["vs_reference"]["sv_eer"]
+    assert diff["n"] == 6 and diff["significant"], diff
+    with pytest.raises(ValueError, match="appears twice"):
+        learning.merge_payloads([part_a, part_a])
+    with pytest.raises(ValueError, match="different presets"):
+        learning.merge_payloads([part_a, {**part_b, "preset": {**part_b["preset"], "steps": 6}}])
+
+
+def test_merge_command_prints_the_correlation_summary(tmp_path, capsys):
+    """`--merge a.json b.json` over two correlations run apart prints both tables and the
+    summary across correlations, and writes the merged JSON."""
+    from benchmarks import learning
+
+    paths = []
+    for corr in (0.0, 0.9):
+        path = tmp_path / f"c{corr}.json"
+        path.write_text(json.dumps(learning._json_safe(_fake_payload(range(2), [0], corr))))
+        paths.append(str(path))
+    out = tmp_path / "all.json"
+    assert learning.main(["--merge", *paths, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "correlation 0 (held-out" in text and "correlation 0.9 (held-out" in text
+    assert "SV EER c=0.9" in text
+    assert [t["correlation"] for t in json.loads(out.read_text())["tables"]] == [0.0, 0.9]
