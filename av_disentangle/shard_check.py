@@ -5,7 +5,8 @@ TFRecord layout (tensorflow/core/lib/io/record_writer.cc): for each record
 The quick check walks the record headers only (12 bytes read per record; a truncated file or a
 damaged header is found without reading the data); `full=True` also verifies every data
 checksum, reading the whole shard. A shard written by `pipelines.prepare` has a sidecar
-`shard-....json` beside it whose `num_tracks` must equal the number of records.
+`shard-....json` beside it whose `num_records` (`num_tracks` before data format version 2, when a
+record was a whole track) must equal the number of records.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def check_shard(path: str, full: bool = False) -> str | None:
     if tf.io.gfile.exists(sidecar):
         try:
             with tf.io.gfile.GFile(sidecar) as f:
-                expected = json.load(f)["num_tracks"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+                data = json.load(f)
+            expected = data.get("num_records", data["num_tracks"])  # records: chunks (v2)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return f"its sidecar {os.path.basename(sidecar)} is unreadable ({e})"
         if count != expected:
             return (f"holds {count} records but its sidecar {os.path.basename(sidecar)} says "

@@ -10,7 +10,8 @@
 #   step_fp16    the same, mixed float16 (loss scaling)
 #   torch_fp32   the PyTorch reference (SyncNetModelFBank + its step), same input and stride
 #   torch_fp16   the same under torch.autocast float16
-#   input        benchmarks/input_pipeline.py with all cores on the bundled clips (clips/s)
+#   input        benchmarks/input_pipeline.py on all cores (--threads 0), bundled clips stored at
+#                224 and 112 in 4 s chunks: clips/s, CPU-ms and MB read per clip
 #   mirrored     train.py under MirroredStrategy (all GPUs), reference model, batch 30,
 #                1 epoch x 10 steps on the bundled data, --no_export
 # Writes one JSON ($OUT/gpu_check.json when OUT is set, else benchmarks/gpu_check.json) and
@@ -32,13 +33,13 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 if [ "$QUICK" = 1 ]; then
   STEP_ARGS=(--sizes tiny --modes none --batch 2 --frames 9 --steps 1 --warmup 1)
   TORCH_ARGS=(--batch 1 --frames 9 --steps 1 --warmup 1)
-  INPUT_ARGS=(--seconds 2 --face_size 64 --window_frames 15 --batch_tracks 2)
+  INPUT_ARGS=(--seconds 2 --sizes 64 --chunk_seconds 0 --window_frames 15 --rounds 1)
   TRAIN_ARGS=(--model_size tiny --batch_tracks 2 --window_frames 15 --steps_per_epoch 2)
   T_STEP=240; T_TORCH=120; T_INPUT=240; T_TRAIN=240; BUDGET=${GPU_CHECK_BUDGET_S:-1200}
 else
   STEP_ARGS=(--sizes reference --modes none --batch 30 --frames 50 --steps 10 --warmup 3)
   TORCH_ARGS=(--batch 30 --frames 50 --steps 10 --warmup 3)
-  INPUT_ARGS=(--seconds 10 --face_size 224 --window_frames 50 --batch_tracks 30)
+  INPUT_ARGS=(--seconds 20 --sizes 224,112 --chunk_seconds 4 --window_frames 50 --rounds 2)
   TRAIN_ARGS=(--model_size reference --batch_tracks 30 --window_frames 50 --steps_per_epoch 10)
   T_STEP=100; T_TORCH=50; T_INPUT=80; T_TRAIN=110
 fi
@@ -91,7 +92,8 @@ run_part torch_fp32 "$T_TORCH" "$TORCH_PY" benchmarks/train_step.py "${TORCH_ARG
   --no_ours --json "$WORK/torch_fp32.json"
 run_part torch_fp16 "$T_TORCH" "$TORCH_PY" benchmarks/train_step.py "${TORCH_ARGS[@]}" \
   --no_ours --mixed_precision --json "$WORK/torch_fp16.json"
-run_part input "$T_INPUT" "$TF_PY" benchmarks/input_pipeline.py "${INPUT_ARGS[@]}"
+run_part input "$T_INPUT" "$TF_PY" benchmarks/input_pipeline.py "${INPUT_ARGS[@]}" --threads 0 \
+  --json "$WORK/input.json"
 run_part mirrored "$T_TRAIN" "$TF_PY" train.py "${TRAIN_ARGS[@]}" --epochs 1 --no_export \
   --model_dir "$WORK/run" --verbose 2
 
@@ -120,12 +122,6 @@ for name in parts:
     path = os.path.join(work, f"{name}.json")
     if os.path.exists(path):
         part["result"] = json.load(open(path))
-    if name == "input":
-        for key, pattern in (("tfrecord_clips_per_s", r"tfrecord: .*?([\d.]+)\s*$"),
-                             ("naive_clips_per_s", r"naive: .*?([\d.]+)\s*$")):
-            m = re.search(pattern, log, re.M)
-            if m:
-                part[key] = float(m.group(1))
     if name == "mirrored":
         m = re.search(r"strategy (\w+) with (\d+) replica", log)
         if m:
@@ -158,14 +154,15 @@ print(f"{'part':<12}{'status':<10}{'secs':>6}  result")
 for name in parts:
     part = result["parts"][name]
     text = part.get("reason", "")
-    r = row(name) if name != "env" else None
+    r = row(name) if name.startswith(("step", "torch")) else None
     if r:
         text = (f"{r['name']}: {r['examples_per_s']:.2f} examples/s, {r['ms_per_step']:.1f} "
                 f"ms/step, batch {part['result']['batch']}, {r['trainable_params']:,} params, "
                 f"device {part['result']['device']}")
-    elif name == "input" and "tfrecord_clips_per_s" in part:
-        text = (f"tfrecord {part['tfrecord_clips_per_s']:.1f} clips/s, naive "
-                f"{part.get('naive_clips_per_s', float('nan')):.1f} clips/s")
+    elif name == "input" and part.get("result", {}).get("rows"):
+        text = "; ".join(f"{r['size']}px: {r['clips_per_s']:.0f} clips/s, "
+                         f"{r['cpu_ms_per_clip']:.0f} CPU-ms, {r['mb_per_clip']:.2f} MB/clip"
+                         for r in part["result"]["rows"])
     elif name == "mirrored" and "s_per_step" in part:
         text = (f"{part.get('strategy')} x {part.get('replicas')}: {part['s_per_step']:.3f} "
                 f"s/step (epoch {part['epoch_s']} s incl. first-step tracing)")

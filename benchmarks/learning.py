@@ -123,13 +123,14 @@ UNTRAINED = "untrained (init)"
 # === Data ===
 
 def make_world(workdir: str, preset: Preset, seed: int = 0,
-               correlation: float = 0.0) -> dict[str, str]:
+               correlation: float = 0.0, jpeg_quality: int = 90) -> dict[str, str]:
     """Writes train/test splits (distinct identities) once; returns {split: directory}.
 
     `correlation` is the TRAIN split's `content_identity_correlation`; the held-out test
-    split is always uncorrelated (the same directory for every correlation)."""
+    split is always uncorrelated (the same directory for every correlation). `jpeg_quality`
+    of the stored frames (both splits; a folder of its own unless 90, the default)."""
     common = dict(tracks_per_identity=preset.tracks_per_identity, num_frames=preset.num_frames,
-                  face_size=preset.face_size, seed=seed)
+                  face_size=preset.face_size, seed=seed, jpeg_quality=jpeg_quality)
     splits = {
         "train": synthetic.SyntheticConfig(num_identities=preset.train_identities,
                                            first_identity=0,
@@ -138,7 +139,8 @@ def make_world(workdir: str, preset: Preset, seed: int = 0,
                                           first_identity=preset.train_identities, **common),
     }
     tag = (f"syn_s{seed}_id{preset.train_identities}+{preset.test_identities}"
-           f"_tr{preset.tracks_per_identity}_f{preset.num_frames}_px{preset.face_size}")
+           f"_tr{preset.tracks_per_identity}_f{preset.num_frames}_px{preset.face_size}"
+           + (f"_q{jpeg_quality}" if jpeg_quality != 90 else ""))
     out = {}
     for name, cfg in splits.items():
         suffix = f"_corr{correlation:g}" if name == "train" and correlation > 0 else ""
@@ -984,6 +986,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of configuration names (default: all)")
     p.add_argument("--workdir", default=os.path.join("/tmp", "av_learning"),
                    help="cache of the generated synthetic worlds, and TensorBoard curves")
+    p.add_argument("--jpeg_quality", type=int, default=90,
+                   help="JPEG quality of the synthetic worlds' frames (pipelines.prepare "
+                        "--jpeg_quality; issue 15)")
     p.add_argument("--curve_every", type=int, default=0,
                    help="evaluate held-out sync@1 and SV EER every N steps (0: off)")
     p.add_argument("--curve_png", default="", help="with --curve_every: write the curve plot")
@@ -1053,7 +1058,8 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list] = {}
         timings: dict[str, list] = {}
         for data_seed in data_seeds:
-            dirs = make_world(args.workdir, preset, data_seed, corr)
+            dirs = make_world(args.workdir, preset, data_seed, corr,
+                              jpeg_quality=args.jpeg_quality)
             t0 = time.time()
             win_tr = load_windows(dirs["train"], preset.window_frames)
             win_te = load_windows(dirs["test"], preset.window_frames)
@@ -1118,6 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = {"mode": "quick" if args.quick else "full", "seeds": seeds,
                "data_seeds": data_seeds, "correlations": correlations,
+               "jpeg_quality": args.jpeg_quality,
                "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
                "chance": chance, "total_seconds": time.time() - t_start,
                "tables": [{"correlation": c, "rows": by_corr[c]} for c in correlations],

@@ -14,6 +14,12 @@ different start. Both windows are spread evenly over the starts that allow this
 (`window_starts`). Windows are drawn with stateless RNG seeded by (seed, element index), so
 a seeded pipeline is deterministic regardless of parallelism.
 
+A record is a whole track or, for data prepared with chunks (`pipelines.prepare
+--chunk_seconds`, data format version 2), one chunk of a track: an example then reads only that
+chunk and takes both windows from it, and the chunks of a track share its `track_id` and
+`video_id`, so two chunks of one video are never in one batch. Shards prepared with another
+data format version are refused, naming the file (`check_prepared_format`).
+
 Input statistics (who is in a batch, against a uniformly random batch of the same dataset):
     python -m pipelines.input --stats "data/prepared/vox2/shard-*.tfrecord" --batch_tracks 30
 """
@@ -107,7 +113,58 @@ def list_shards(file_pattern: str) -> list[str]:
     if len(empty) == len(files):
         raise ValueError(f"all {len(files)} files matching {file_pattern!r} are empty "
                          f"(e.g. {empty[0]})")
-    return [f for f in files if f not in empty]
+    files = [f for f in files if f not in empty]
+    check_prepared_format(files)
+    return files
+
+
+def _read_json(path: str) -> dict | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError, tf.errors.OpError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_prepared_format(files: Sequence[str]) -> None:
+    """Raises ValueError naming the first shard written by `pipelines.prepare` with another
+    data format version (`pipelines.prepare.FORMAT_VERSION`).
+
+    The version of a shard is the `format_version` of the `manifest.json` beside it when the
+    manifest lists it (one read per folder), else of its sidecar `shard-....json`
+    (version 1 when the sidecar has none: sidecars got the field in version 2). Shards with
+    neither (synthetic worlds, hand-written records) are not prepared data and pass.
+    """
+    from pipelines.prepare import FORMAT_VERSION  # local: prepare imports OpenCV and PyAV
+
+    by_dir = collections.defaultdict(list)
+    for f in files:
+        by_dir[os.path.dirname(f)].append(f)
+    for folder, paths in sorted(by_dir.items()):
+        manifest = _read_json(os.path.join(folder, "manifest.json")) or {}
+        listed = set()
+        if "format_version" in manifest:
+            listed = {s if isinstance(s, str) else s["file"] for s in manifest.get("shards", [])}
+        for path in paths:
+            name = os.path.basename(path)
+            if name in listed:
+                version, source = manifest["format_version"], os.path.join(folder,
+                                                                            "manifest.json")
+            else:
+                sidecar_path = (path[: -len(".tfrecord")] if path.endswith(".tfrecord")
+                                else path) + ".json"
+                sidecar = _read_json(sidecar_path)
+                if sidecar is None or "fingerprint" not in sidecar:
+                    continue
+                version, source = sidecar.get("format_version", 1), sidecar_path
+            if version != FORMAT_VERSION:
+                raise ValueError(
+                    f"{path} was prepared with data format version {version} ({source}); this "
+                    f"code reads version {FORMAT_VERSION}: prepare it again (python -m "
+                    "pipelines.prepare ... --output DIR; a rerun into its folder rewrites it)")
 
 
 def _uniform_int(seed: tf.Tensor | None, maxval: tf.Tensor) -> tf.Tensor:
@@ -361,7 +418,8 @@ def uniform_batch_expectation(group_sizes: Sequence[int], batch: int) -> dict[st
 
 
 def dataset_metadata(files: Sequence[str], window_frames: int) -> list[dict[str, str]]:
-    """track_id / video_id / identity of every track of `files` at least `window_frames` long.
+    """track_id / video_id / identity of every record of `files` at least `window_frames` long
+    (a record is a track or, with chunks, one chunk of a track: one entry per chunk).
 
     Taken from the `manifest.json` beside the shards when it lists all of them (written by
     `pipelines.prepare` and `pipelines.synthetic`), else read from the records (every shard
@@ -389,10 +447,11 @@ def dataset_metadata(files: Sequence[str], window_frames: int) -> list[dict[str,
                                    ("track_id", "video_id", "identity")})
             continue
         for t in manifest["tracks"]:
-            if t["shard"] in names and t["num_frames"] >= window_frames:
-                tracks.append({"track_id": t["track_id"],
-                               "video_id": t.get("video_id") or t["track_id"],
-                               "identity": t.get("identity", "")})
+            for start, stop in t.get("chunks") or [[0, t["num_frames"]]]:
+                if t["shard"] in names and stop - start >= window_frames:
+                    tracks.append({"track_id": t["track_id"],
+                                   "video_id": t.get("video_id") or t["track_id"],
+                                   "identity": t.get("identity", "")})
     for t in tracks:
         t["video_id"] = t["video_id"] or t["track_id"]
     return tracks

@@ -138,7 +138,8 @@ def list_labelled_folder(root: str) -> dict[str, list[str]]:
 
 
 _RECORD_LABEL_SPEC = {k: records.FEATURE_SPEC[k] for k in ("identity", "track_id")}
-_RECORD_AUDIO_SPEC = {k: records.FEATURE_SPEC[k] for k in ("identity", "track_id", "audio")}
+_RECORD_AUDIO_SPEC = {k: records.FEATURE_SPEC[k] for k in ("identity", "track_id", "audio",
+                                                            "chunk_index")}
 
 
 def _record_files(pattern: str) -> list[str]:
@@ -182,7 +183,8 @@ def list_labelled_records(pattern: str) -> dict[str, list[str]]:
             "they cannot be used as labelled audio; prepare them with speaker labels")
     if not listing:
         raise LabelledDataError(f"no tracks in {pattern}")
-    return {s: sorted(ids) for s, ids in sorted(listing.items())}
+    # a track stored as chunks (pipelines.prepare --chunk_seconds) is one utterance
+    return {s: sorted(set(ids)) for s, ids in sorted(listing.items())}
 
 
 def list_labelled(source: str) -> dict[str, list[str]]:
@@ -267,11 +269,14 @@ def _load_folder_audio(selection: LabelledSelection) -> list[np.ndarray]:
 
 def _load_record_audio(selection: LabelledSelection) -> list[np.ndarray]:
     wanted = {u: i for i, (_, u) in enumerate(selection.utterances)}
-    waveforms: list[np.ndarray | None] = [None] * len(wanted)
+    chunks: list[dict[int, np.ndarray]] = [{} for _ in wanted]  # chunk_index -> audio
     for example in _iter_records(selection.source, _RECORD_AUDIO_SPEC):
         i = wanted.get(example["track_id"].numpy().decode())
-        if i is not None and waveforms[i] is None:
-            waveforms[i] = np.frombuffer(example["audio"].numpy(), "<i2").astype(np.int16)
+        if i is not None:
+            chunks[i].setdefault(int(example["chunk_index"]),
+                                 np.frombuffer(example["audio"].numpy(), "<i2").astype(np.int16))
+    waveforms: list[np.ndarray | None] = [  # a chunked track's audio, joined in order
+        np.concatenate([c[k] for k in sorted(c)]) if c else None for c in chunks]
     empty = [selection.utterances[i][1] for i, w in enumerate(waveforms)
              if w is None or w.shape[0] == 0]
     if empty:

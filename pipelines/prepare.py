@@ -2,7 +2,7 @@
 
     python -m pipelines.prepare --source {voxceleb2,videos} --input DIR --output DIR \
         [--workers N] [--num_shards N --shard_index I] [--face_size 112] [--min_frames 50] \
-        [--tracks_per_shard K] [--no_detect]
+        [--tracks_per_shard K] [--chunk_seconds 4] [--jpeg_quality 90] [--no_detect]
 
 Sources:
   voxceleb2  `DIR/mp4/<id>/<video>/<utt>.mp4` (or DIR is the mp4 folder itself) with
@@ -29,6 +29,24 @@ written the same way. A shard counts as finished when both exist and the fingerp
 a rerun skips finished shards. `manifest.json`, `report.json` and `report.txt` are rebuilt
 from all sidecars present (so concurrent jobs never lose each other's results; the last job
 to finish, or `--merge_only`, leaves the complete view).
+
+Chunks (`--chunk_seconds C`, default 4): a track of F frames is stored as n = F // (25 C)
+records of consecutive frames, each with the audio of exactly its frames (`records.split_track`:
+n near-equal chunks of at least 25 C and fewer than 50 C frames, the tail spread over them;
+a track shorter than 2 C seconds stays whole; `--chunk_seconds 0` keeps every track whole).
+A training example reads one record, so it reads a chunk instead of the whole track, and both
+of its windows come from that chunk: C must hold two windows that do not overlap, so
+25 C >= 2 x `--min_frames` (the training window) is required. All chunks of a track are
+written one after another into the track's shard, with the track's `track_id` and `video_id`
+(so the input never puts two chunks of one video in a batch) and `chunk_index` /
+`num_chunks` / `chunk_start_frame` (`records.py`). Evaluation reads whole tracks:
+`records.read_tracks` joins the chunks back. The sidecars and the manifest give `num_records`
+(records) beside `num_tracks` (tracks), and each manifest track its `chunks` ([start, stop)
+frame ranges).
+
+Data format version (`FORMAT_VERSION`, in the manifest and every sidecar): 2 since chunks.
+`pipelines.input` refuses shards whose manifest or sidecar says another version, naming the
+file; a rerun of `prepare` into a folder of version-1 shards writes them again.
 
 Workers (`--workers`) decode, track and crop in `spawn` processes that never import
 TensorFlow; only the main process imports it, to serialise and write the shards. A worker
@@ -69,7 +87,9 @@ log = logging.getLogger("pipelines.prepare")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "data" / "samples"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version of the prepared data (records + sidecars + manifest). 1: one record per track;
+2: long tracks stored as chunks (`--chunk_seconds`), `num_records` in sidecars/manifest."""
 
 
 # === Config ===
@@ -87,7 +107,10 @@ class PrepareConfig:
         only for comparisons).
       max_side: frames are downscaled while decoding so the longer side is at most this
         (face detection sources only; crops are never larger than the source anyway).
-      jpeg_quality: JPEG quality of the stored frames.
+      jpeg_quality: JPEG quality of the stored frames (OpenCV, 1-100).
+      chunk_seconds: tracks are stored as chunks of at least this many seconds
+        (`records.chunk_bounds`); 0 keeps tracks whole. Must hold two windows of
+        `min_frames`: 25 * chunk_seconds >= 2 * min_frames.
       max_av_mismatch_frames: see `media.reconcile_lengths`.
       face: face tracking settings (its `face_size` is overridden by `face_size`).
     """
@@ -98,8 +121,24 @@ class PrepareConfig:
     shard_seed: int | None = 0
     max_side: int = 720
     jpeg_quality: int = 90
+    chunk_seconds: float = 4.0
     max_av_mismatch_frames: float = media.DEFAULT_MAX_AV_MISMATCH_FRAMES
     face: faces_lib.FaceConfig = faces_lib.FaceConfig()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.chunk_seconds < 0 or (self.chunk_seconds
+                                      and self.chunk_frames < 2 * self.min_frames):
+            raise ValueError(
+                f"chunk_seconds {self.chunk_seconds:g} ({self.chunk_frames} frames) must be 0 "
+                f"(whole tracks) or hold two windows of min_frames {self.min_frames} "
+                f"(>= {2 * self.min_frames / VIDEO_FPS:g} s)")
+
+    @property
+    def chunk_frames(self) -> int:
+        """Minimum chunk length in frames (0: whole tracks)."""
+        return int(round(self.chunk_seconds * VIDEO_FPS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,6 +378,10 @@ def _read_json(path: pathlib.Path) -> dict | None:
 def _shard_finished(output_dir: pathlib.Path, index: int, total: int, fingerprint: str) -> bool:
     final = output_dir / shard_name(index, total)
     sidecar = _read_json(_sidecar_path(output_dir, index, total))
+    if final.is_file() and sidecar is not None and sidecar.get("format_version",
+                                                                1) != FORMAT_VERSION:
+        log.warning("%s was prepared with data format version %s; writing it again as version "
+                    "%d", final, sidecar.get("format_version", 1), FORMAT_VERSION)
     return final.is_file() and sidecar is not None and sidecar.get("fingerprint") == fingerprint
 
 
@@ -359,8 +402,10 @@ def _write_shard(output_dir: pathlib.Path, index: int, total: int, results: list
 
     final = output_dir / shard_name(index, total)
     tracks, skipped, warnings = [], [], []
+    num_records = 0
 
     def write(tmp: str) -> None:
+        nonlocal num_records
         with tf.io.TFRecordWriter(tmp) as writer:
             for r in results:
                 for w in r.warnings:
@@ -374,16 +419,23 @@ def _write_shard(output_dir: pathlib.Path, index: int, total: int, results: list
                                       video_id=r.spec.video_id, identity=r.spec.identity,
                                       source_path=r.spec.path,
                                       av_offset_frames=r.spec.av_offset_frames)
-                writer.write(records.encode_track(track, jpeg_quality=config.jpeg_quality))
+                chunks = records.split_track(track, config.chunk_frames)
+                for chunk in chunks:  # consecutive, in order: `records.join_chunks`
+                    writer.write(records.encode_track(chunk, jpeg_quality=config.jpeg_quality))
+                num_records += len(chunks)
                 tracks.append({"track_id": r.spec.track_id, "video_id": r.spec.video_id,
                                "identity": r.spec.identity, "num_frames": int(r.frames.shape[0]),
                                "av_offset_frames": r.spec.av_offset_frames,
-                               "source": r.spec.source, "source_path": r.spec.path})
+                               "source": r.spec.source, "source_path": r.spec.path,
+                               "chunks": [[c.chunk_start_frame,
+                                           c.chunk_start_frame + c.frames.shape[0]]
+                                          for c in chunks]})
 
     files.write_atomic_with(final, write)
     sidecar = {"shard": final.name, "index": index, "num_shards": total,
+               "format_version": FORMAT_VERSION,
                "fingerprint": fingerprint, "shard_seed": config.shard_seed,
-               "num_tracks": len(tracks), "tracks": tracks,
+               "num_tracks": len(tracks), "num_records": num_records, "tracks": tracks,
                "skipped": skipped, "warnings": warnings,
                "inputs": [r.spec.path for r in results], "finished_at": time.time()}
     files.write_json_atomic(_sidecar_path(output_dir, index, total), sidecar, indent=1)
@@ -426,7 +478,9 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
         "complete": not missing,
         "missing_shards": missing,
         "num_tracks": sum(sc["num_tracks"] for sc in valid),
-        "shards": [{"file": sc["shard"], "num_tracks": sc["num_tracks"]} for sc in valid],
+        "num_records": sum(sc.get("num_records", sc["num_tracks"]) for sc in valid),
+        "shards": [{"file": sc["shard"], "num_tracks": sc["num_tracks"],
+                    "num_records": sc.get("num_records", sc["num_tracks"])} for sc in valid],
         "tracks": [dict(t, shard=sc["shard"]) for sc in valid for t in sc["tracks"]],
     }
     skipped = [s for sc in valid for s in sc["skipped"]]
@@ -597,6 +651,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--min_frames", type=int, default=50,
                    help="skip clips shorter than this many frames (the training window)")
     p.add_argument("--tracks_per_shard", type=int, default=64)
+    p.add_argument("--chunk_seconds", type=float, default=PrepareConfig.chunk_seconds,
+                   help="store tracks as records of chunks of at least this many seconds "
+                        "(a training example reads one chunk); must hold 2 x --min_frames; "
+                        "0: whole tracks (default: %(default)g)")
+    p.add_argument("--jpeg_quality", type=int, default=PrepareConfig.jpeg_quality,
+                   help="JPEG quality of the stored face crops, 1-100 (default: %(default)d)")
     p.add_argument("--shard_seed", type=int, default=0,
                    help="seed of the random order in which tracks are dealt into shards")
     p.add_argument("--no_detect", action="store_true",
@@ -622,9 +682,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
         specs = list_voxceleb2(args.input)
     else:
         specs = list_videos(args.input, detect=not args.no_detect)
-    config = PrepareConfig(face_size=args.face_size, min_frames=args.min_frames,
-                           tracks_per_shard=args.tracks_per_shard,
-                           shard_seed=args.shard_seed, max_side=args.max_side)
+    try:
+        config = PrepareConfig(face_size=args.face_size, min_frames=args.min_frames,
+                               tracks_per_shard=args.tracks_per_shard,
+                               shard_seed=args.shard_seed, max_side=args.max_side,
+                               jpeg_quality=args.jpeg_quality,
+                               chunk_seconds=args.chunk_seconds)
+    except ValueError as e:
+        raise UserError(f"bad arguments: {e}") from e
     if args.merge_only:
         chunks = plan_shards(specs, config.tracks_per_shard, config.shard_seed)
         total = len(chunks)

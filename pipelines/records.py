@@ -1,6 +1,6 @@
 """The TFRecord schema shared by every producer (prepare, synthetic) and consumer (input).
 
-One `tf.train.Example` per face track:
+One `tf.train.Example` per face track (or per chunk of one, see "Chunks" below):
 
 | key                | type            | meaning                                                        |
 |--------------------|-----------------|----------------------------------------------------------------|
@@ -16,6 +16,17 @@ One `tf.train.Example` per face track:
 | `video_id`         | bytes           | the video the track came from                                  |
 | `identity`         | bytes           | identity label if known (metadata only, never used in training)|
 | `source_path`      | bytes           | the file it was decoded from                                   |
+| `chunk_index`      | int64, optional | which chunk of its track this record is (0 when absent)        |
+| `num_chunks`       | int64, optional | chunks of its track (1 when absent: the record is whole)       |
+| `chunk_start_frame`| int64, optional | the chunk's first frame in its track (0 when absent)           |
+
+Chunks (`pipelines.prepare --chunk_seconds`, data format version 2): a long track is stored as
+`num_chunks` records of consecutive frames, each carrying its own frames and the audio of
+exactly those frames (so the alignment contract below holds per chunk), all with the track's
+`track_id`, `video_id`, `identity` and `source_path`. A training example reads one record, so
+it reads one chunk, not the whole track (`split_track`). The chunk fields are written only when
+a track has more than one chunk, so whole-track records are byte-identical to version 1.
+`read_tracks` joins the chunks of a track back into the whole track (evaluation).
 
 Alignment contract: audio is stored already synchronised with the frames. Audio sample
 `i * SAMPLES_PER_FRAME` is the start of video frame `i` (640 samples = 40 ms = one frame at
@@ -62,6 +73,9 @@ class Track:
       audio: (F * 640,) int16 mono PCM at 16 kHz, synchronised with `frames`.
       track_id, video_id, identity, source_path: metadata strings.
       av_offset_frames: the offset that was applied to `audio`.
+      chunk_index, num_chunks, chunk_start_frame: this is chunk `chunk_index` of
+        `num_chunks` of its track, starting at the track's frame `chunk_start_frame`
+        (0, 1, 0: a whole track).
     """
 
     frames: np.ndarray
@@ -71,6 +85,9 @@ class Track:
     identity: str = ""
     source_path: str = ""
     av_offset_frames: int = 0
+    chunk_index: int = 0
+    num_chunks: int = 1
+    chunk_start_frame: int = 0
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
@@ -118,6 +135,10 @@ def encode_track(track: Track, jpeg_quality: int = 90) -> bytes:
         "identity": _bytes([track.identity.encode()]),
         "source_path": _bytes([track.source_path.encode()]),
     }
+    if track.num_chunks > 1:  # whole tracks stay byte-identical to format version 1
+        feature["chunk_index"] = _int(track.chunk_index)
+        feature["num_chunks"] = _int(track.num_chunks)
+        feature["chunk_start_frame"] = _int(track.chunk_start_frame)
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)  # byte-reproducible shards
 
@@ -136,6 +157,9 @@ FEATURE_SPEC = {
     "video_id": tf.io.FixedLenFeature([], tf.string),
     "identity": tf.io.FixedLenFeature([], tf.string),
     "source_path": tf.io.FixedLenFeature([], tf.string),
+    "chunk_index": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "num_chunks": tf.io.FixedLenFeature([], tf.int64, default_value=1),
+    "chunk_start_frame": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
 
 
@@ -157,10 +181,76 @@ def decode_frames(jpegs: tf.Tensor) -> tf.Tensor:
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
-def read_tracks(path: str) -> list[dict[str, np.ndarray]]:
+def chunk_bounds(num_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """Frame ranges [start, stop) of the chunks a track of `num_frames` frames is stored as.
+
+    n = num_frames // chunk_frames chunks of (nearly) equal length, so every chunk has at
+    least `chunk_frames` frames and fewer than 2 * chunk_frames (the short tail is spread over
+    the chunks instead of being a short last chunk). A track shorter than 2 * chunk_frames,
+    or `chunk_frames` <= 0, is one chunk: the whole track.
+    """
+    if chunk_frames <= 0 or num_frames < 2 * chunk_frames:
+        return [(0, num_frames)]
+    n = num_frames // chunk_frames
+    return [(i * num_frames // n, (i + 1) * num_frames // n) for i in range(n)]
+
+
+def split_track(track: Track, chunk_frames: int) -> list[Track]:
+    """The chunks of `track` (`chunk_bounds`): each with its frames and exactly their audio
+    (frame i's audio is samples [i * 640, (i + 1) * 640)), and the track's metadata."""
+    bounds = chunk_bounds(track.frames.shape[0], chunk_frames)
+    if len(bounds) == 1:
+        return [track]
+    return [dataclasses.replace(track, frames=track.frames[start:stop],
+                                audio=track.audio[start * SAMPLES_PER_FRAME:
+                                                  stop * SAMPLES_PER_FRAME],
+                                chunk_index=i, num_chunks=len(bounds), chunk_start_frame=start)
+            for i, (start, stop) in enumerate(bounds)]
+
+
+def join_chunks(items: list[dict[str, np.ndarray]],
+                path: str = "") -> list[dict[str, np.ndarray]]:
+    """Joins decoded chunk records (`read_tracks(..., join=False)`) into whole tracks.
+
+    Records of one `track_id` are ordered by `chunk_index` and must be all `num_chunks` of
+    them, each starting where the previous ended; ValueError naming `path` and the track
+    otherwise. Whole-track records pass through. Tracks keep the order of their first record.
+    """
+    groups: dict[bytes, list[dict[str, np.ndarray]]] = {}
+    for item in items:
+        groups.setdefault(bytes(item["track_id"]), []).append(item)
+    out = []
+    for track_id, chunks in groups.items():
+        chunks = sorted(chunks, key=lambda c: int(c["chunk_index"]))
+        expected = int(chunks[0]["num_chunks"])
+        starts = [int(c["chunk_start_frame"]) for c in chunks]
+        ends = list(np.cumsum([int(c["num_frames"]) for c in chunks]))
+        if ([int(c["chunk_index"]) for c in chunks] != list(range(expected))
+                or starts != [0] + ends[:-1]):
+            raise ValueError(f"{path}: track {track_id.decode()} has chunks "
+                             f"{[int(c['chunk_index']) for c in chunks]} starting at frames "
+                             f"{starts}, expected {expected} consecutive chunks")
+        if expected == 1:
+            out.append(chunks[0])
+            continue
+        whole = dict(chunks[0])
+        whole["frames"] = np.concatenate([c["frames"] for c in chunks])
+        whole["audio"] = np.concatenate([c["audio"] for c in chunks])
+        whole["num_frames"] = np.int64(whole["frames"].shape[0])
+        whole["num_samples"] = np.int64(whole["audio"].shape[0])
+        whole["chunk_index"], whole["num_chunks"], whole["chunk_start_frame"] = (
+            np.int64(0), np.int64(1), np.int64(0))
+        out.append(whole)
+    return out
+
+
+def read_tracks(path: str, join: bool = True) -> list[dict[str, np.ndarray]]:
     """Reads every Example of one TFRecord file eagerly into numpy (tests and tools).
 
     Returns dicts with `frames` (F, H, W, 3) uint8, `audio` (S,) float32 and the metadata.
+    With `join` (the default) the chunks of a track are joined into the whole track
+    (`join_chunks`; `pipelines.prepare` writes all chunks of a track into one shard), so
+    evaluation sees whole tracks; `join=False` returns the records as stored.
     """
     out = []
     for raw in tf.data.TFRecordDataset(path):
@@ -169,4 +259,4 @@ def read_tracks(path: str) -> list[dict[str, np.ndarray]]:
         item["frames"] = decode_frames(ex["frames"]).numpy()
         item["audio"] = decode_audio(ex["audio"]).numpy()
         out.append(item)
-    return out
+    return join_chunks(out, path) if join else out

@@ -135,6 +135,8 @@ class SyntheticConfig:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.face_size < 16:
             raise ValueError(f"face_size must be >= 16, got {self.face_size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.seed < 0 or self.first_identity < 0:
             raise ValueError("seed and first_identity must be non-negative")
         if not 0.0 <= self.silence_prob < 1.0:
@@ -772,6 +774,9 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--content_identity_correlation", type=float, default=0.0,
                         help="probability that a unit comes from the identity's own subset "
                              "(0: uncorrelated content)")
+    parser.add_argument("--jpeg_quality", type=int, default=SyntheticConfig.jpeg_quality,
+                        help="JPEG quality of the stored frames, 1-100 (as pipelines.prepare "
+                             "--jpeg_quality; default: %(default)d)")
     parser.add_argument("--sheet", default="", help="also write a PNG contact sheet here")
     from pipelines import voices  # the real-voice world (issue 14); imports this module
     voices.add_arguments(parser)
@@ -797,7 +802,8 @@ def _main(argv: list[str] | None = None) -> int:
                 first_identity=first, audio_snr_db=args.audio_snr_db,
                 pixel_noise=args.pixel_noise, head_jitter=args.head_jitter,
                 track_variation=args.track_variation,
-                content_identity_correlation=args.content_identity_correlation)
+                content_identity_correlation=args.content_identity_correlation,
+                jpeg_quality=args.jpeg_quality)
         except ValueError as err:
             raise UserError(str(err)) from err
         out_dir = os.path.join(args.output, name) if name else args.output
