@@ -1,0 +1,97 @@
+"""Smoke test of benchmarks/real_voices.py on the bundled LibriSpeech speakers (issue 14).
+
+A fresh clone has no ../shared data: the benchmark's world is built from 4 of the bundled
+test-other speakers x 2 utterances (2 speakers for training, 2 held out), also used as the
+`--eval_voices` folder; only the path and the report are checked here, not the numbers (a few
+steps of a tiny model learn nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import pytest
+
+from benchmarks import real_voices
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBSET = os.path.join(REPO, "data", "samples", "librispeech_subset")  # 5 speakers x 10
+
+
+def _small_voices(root) -> str:
+    """4 bundled speakers x their first 2 utterances, LibriSpeech names, `<spk>/` folders."""
+    speakers = sorted(d for d in os.listdir(SUBSET) if os.path.isdir(os.path.join(SUBSET, d)))
+    for spk in speakers[:4]:
+        os.makedirs(root / spk)
+        for name in sorted(os.listdir(os.path.join(SUBSET, spk)))[:2]:
+            shutil.copy(os.path.join(SUBSET, spk, name), root / spk / name)
+    return str(root)
+
+
+@pytest.mark.slow  # 45-60 s on the shared 2-core machine (TF import, 2 worlds, 1 training)
+def test_supervised_row_exists_and_is_in_range(tmp_path, capsys):
+    small = _small_voices(tmp_path / "voices")
+    out = tmp_path / "real_voices.json"
+    rc = real_voices.main(["--quick", "--voices", small, "--eval_voices", small,
+                           "--train_speakers", "0", "--holdout_speakers", "2",
+                           "--rows", "supervised", "--seeds", "1", "--steps", "3",
+                           "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"| {real_voices.SUPERVISED} |" in printed
+    assert sorted(os.listdir(tmp_path)) == ["real_voices.json", "voices", "work"]  # no temp
+
+    payload = json.loads(out.read_text())
+    rows = {r["config"]: r for r in payload["rows"]}
+    assert list(rows) == [real_voices.SUPERVISED, real_voices.LTAS]
+    (run,) = rows[real_voices.SUPERVISED]["runs"]
+    assert run["seed"] == 0 and run["steps"] == 3 and run["train_seconds"] > 0
+    assert math.isfinite(run["train_loss"])
+    # The supervised model is trained on the 2 training speakers, never the held-out 2.
+    assert run["labelled_speakers"] == 2
+    for key in ("heldout_eer", "heldout_min_dcf", "heldout_eer_raw_bn", "eval_eer",
+                "eval_min_dcf"):
+        assert 0.0 <= run[key] <= 1.0, (key, run[key])
+    # Scored on the same trials as the no-learning reference.
+    ltas = rows[real_voices.LTAS]["runs"][0]
+    assert (run["heldout_trials"], run["eval_trials"]) == (ltas["heldout_trials"],
+                                                         ltas["eval_trials"])
+    assert run["heldout_targets"] > 0 and run["eval_targets"] > 0
+
+
+def _run(seed: int, heldout_eer: float) -> dict:
+    return {"seed": seed, "data_seed": 0, "steps": 10, "train_seconds": 1.0,
+            "heldout_eer": heldout_eer, "heldout_min_dcf": 0.5, "eval_eer": 0.3,
+            "eval_min_dcf": 0.9}
+
+
+def test_rows_have_spread_and_paired_differences_to_untrained_and_joint():
+    untrained = [_run(s, e) for s, e in enumerate((0.40, 0.45, 0.50))]
+    joint = [_run(s, e - 0.10) for s, e in enumerate((0.40, 0.45, 0.50))]  # always 10 lower
+    noisy = [_run(s, e) for s, e in enumerate((0.30, 0.50, 0.46))]  # 2 lower on average
+    rows = {r["config"]: r for r in real_voices.make_rows(
+        {real_voices.UNTRAINED: untrained, real_voices.JOINT: joint,
+         real_voices.SUPERVISED: noisy, real_voices.LTAS: [_run(0, 0.2)]})}
+    sup = rows[real_voices.SUPERVISED]
+    assert math.isclose(sup["mean"]["heldout_eer"], 0.42)
+    assert math.isclose(sup["std"]["heldout_eer"], 0.10583, rel_tol=1e-4)  # ddof 1
+    assert math.isclose(sup["ci95"]["heldout_eer"], 4.3027 * 0.10583 / 3 ** 0.5, rel_tol=1e-4)
+    vs_untrained = rows[real_voices.JOINT]["differences"]["vs " + real_voices.UNTRAINED]
+    assert math.isclose(vs_untrained["heldout_eer"]["mean"], -0.10)
+    assert vs_untrained["heldout_eer"]["significant"]  # identical shift: interval excludes 0
+    assert not vs_untrained["eval_eer"]["significant"]  # no difference at all
+    d = sup["differences"]["vs " + real_voices.UNTRAINED]["heldout_eer"]
+    assert d["n"] == 3 and math.isclose(d["mean"], -0.03) and not d["significant"]
+    assert math.isclose(sup["differences"]["vs " + real_voices.JOINT]["heldout_eer"]["mean"],
+                        0.07)
+    # No row is compared with itself; the deterministic LTAS reference with nothing.
+    assert "vs " + real_voices.UNTRAINED not in rows[real_voices.UNTRAINED]["differences"]
+    assert rows[real_voices.UNTRAINED]["differences"] == {}  # vs joint = joint's, negated
+    assert "vs " + real_voices.JOINT not in rows[real_voices.JOINT]["differences"]
+    assert rows[real_voices.LTAS]["differences"] == {}
+    text = real_voices.format_differences(list(rows.values()), real_voices.UNTRAINED)
+    line = next(x for x in text.splitlines() if x.startswith(f"| {real_voices.JOINT} |"))
+    assert "-10.0 [0.0]*" in line
