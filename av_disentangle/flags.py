@@ -75,6 +75,10 @@ class RunConfig:
     full_shard_check: bool = field(False, "verify every record's checksum at start (reads all "
                                    "the data; the default check reads only the record headers "
                                    "and the sidecar counts)")
+    data_service: str | None = field(
+        None, "grpc://HOST:PORT of a tf.data service dispatcher: run the training input "
+        "pipeline on its workers (`python -m pipelines.data_service`; README \"Scaling the "
+        "input out\"); default: in this process", type=str)
     cpu_replicas: int = field(1, "without GPUs, split the CPU into N logical devices (testing)")
     profile_steps: str = field("", "'a,b': write a TensorBoard profiler trace of steps a..b")
     export_dir: str | None = field(None, "SavedModel directory; default "
@@ -92,6 +96,16 @@ class RunConfig:
         for name in ("objective", "model_size", "mixed_precision", "verbose"):
             check_choice(self, name)
         parse_profile_steps(self.profile_steps)
+        if self.data_service is not None:
+            from pipelines.data_service import DataServiceError, host_port  # TF-free
+
+            try:
+                host_port(self.data_service)
+            except DataServiceError as e:
+                raise ValueError(f"--data_service: {e}")
+            if self.objective != "self_supervised":
+                raise ValueError("--data_service serves the self-supervised input only "
+                                 f"(--objective {self.objective} reads its labelled audio here)")
         for name in ("validation_steps", "cpu_replicas"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

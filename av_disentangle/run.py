@@ -177,6 +177,8 @@ def prepare(settings: Settings) -> Plan:
             resolved["labels"] = labelled.selection.to_dict()
             check_model_dir(settings.run.model_dir, resolved)
             return Plan(resolved, settings.supervised.labelled_audio, None, None, labelled)
+        if settings.run.data_service:  # a wrong address: one line now, not a hang in fit
+            check_data_service(settings.run.data_service)
         check_model_dir(settings.run.model_dir, resolved)
         run = settings.run
         train_data = run.train_data or default_train_data(settings.model.face_size)
@@ -187,6 +189,21 @@ def prepare(settings: Settings) -> Plan:
         return Plan(resolved, train_data, train_files, val_files)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from e
+
+
+def check_data_service(address: str) -> None:
+    """A tf.data service dispatcher answers at `address` (DataServiceError, one line, if
+    not); logs its workers, and warns when none has registered yet (training would wait)."""
+    from pipelines.data_service import check_dispatcher
+
+    workers = check_dispatcher(address)
+    if workers:
+        log.info("tf.data service at %s: %d worker(s) (%s)", address, len(workers),
+                 ", ".join(workers))
+    else:
+        log.warning("tf.data service at %s: no worker has registered yet; training waits for "
+                    "one (python -m pipelines.data_service --worker --dispatcher_address ...)",
+                    address)
 
 
 # === Model, datasets, callbacks ===
@@ -218,11 +235,12 @@ def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras
     return strategy, model
 
 
-def dataset_maker(settings: Settings, plan: Plan,
-                  pattern: str | None) -> Callable[[int], tf.data.Dataset]:
+def dataset_maker(settings: Settings, plan: Plan, pattern: str | None,
+                  data_service: str | None = None) -> Callable[[int], tf.data.Dataset]:
     """`step -> dataset` of the training input for a `fit` starting at `step`: a resumed run
     draws a new deterministic sequence of windows (seed + start step) instead of replaying the
-    windows the first steps already trained on."""
+    windows the first steps already trained on. With `data_service` (a dispatcher address) the
+    same pipeline runs on the tf.data service's workers (`pipelines.data_service`)."""
     from pipelines.input import InputConfig, make_dataset, shard_by_data
 
     train = settings.train
@@ -234,10 +252,15 @@ def dataset_maker(settings: Settings, plan: Plan,
             return shard_by_data(make_labelled_dataset(
                 plan.labelled, batch_size=train.batch_tracks,
                 crop_seconds=settings.supervised.crop_seconds, seed=train.seed + step))
-        return make_dataset(InputConfig(pattern, batch_tracks=train.batch_tracks,
-                                        window_frames=train.window_frames,
-                                        face_size=settings.model.face_size,
-                                        seed=train.seed + step))
+        config = InputConfig(pattern, batch_tracks=train.batch_tracks,
+                             window_frames=train.window_frames,
+                             face_size=settings.model.face_size, seed=train.seed + step)
+        if data_service:
+            from pipelines.data_service import dataset_key, distribute
+
+            return distribute(make_dataset(config), data_service,
+                              dataset_key(config, absolute(settings.run.model_dir)))
+        return make_dataset(config)
     return dataset
 
 
@@ -377,7 +400,8 @@ def train(settings: Settings) -> tuple[str | None, bool]:
                                log_every_steps=run.log_every_steps,
                                profile_steps=parse_profile_steps(run.profile_steps))
     val_dataset = dataset_maker(settings, plan, plan.val_files)(0) if plan.val_files else None
-    step = fit(model, dataset_maker(settings, plan, plan.train_files), start=start,
+    step = fit(model, dataset_maker(settings, plan, plan.train_files, run.data_service),
+               start=start,
                epochs=train_config.epochs, steps_per_epoch=train_config.steps_per_epoch,
                callbacks=callbacks, verbose=run.keras_verbose, backup=backup,
                val_dataset=val_dataset, validation_steps=run.validation_steps,
