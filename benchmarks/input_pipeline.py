@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from av_disentangle import files
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = REPO / "data" / "samples" / "pcavs_vox2"
 CLIPS = sorted(SOURCE.glob("*/*.mp4"))
@@ -262,10 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"naive mp4 decode per sample, {size}px, {os.cpu_count()} procs: "
                   f"{rate:.1f} clips/s")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(out, fh, indent=1)
-        os.replace(tmp, args.json)
+        files.write_json_atomic(args.json, out, indent=1)
     return 0
 
 

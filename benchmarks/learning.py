@@ -1142,6 +1142,9 @@ def _nan_for_none(obj):
     return obj
 
 
+SETTING_KEYS = ("jpeg_quality",)  # run settings outside the preset that runs must share to merge
+
+
 def merge_payloads(payloads: list[dict]) -> dict:
     """Results JSONs of runs split across processes or machines (by correlation, training
     seed or world) -> one payload, re-summarised from the per-run records as if one run had
@@ -1153,6 +1156,10 @@ def merge_payloads(payloads: list[dict]) -> dict:
         if other["preset"] != first["preset"]:
             raise ValueError("cannot merge results of different presets (world, model, steps): "
                              f"{first['preset']} vs {other['preset']}")
+        for key in SETTING_KEYS:
+            if other.get(key, 90) != first.get(key, 90):  # 90: written before the key was
+                raise ValueError(f"cannot merge results of different {key}: "
+                                 f"{first.get(key, 90)} vs {other.get(key, 90)}")
     results: dict[float, dict[str, list]] = {}
     timings: dict[float, dict[str, list]] = {}
     for payload in payloads:
@@ -1181,7 +1188,8 @@ def merge_payloads(payloads: list[dict]) -> dict:
             "total_seconds": float(sum(p["total_seconds"] for p in payloads)),
             "tables": [{"correlation": c, "rows": make_rows(results[c], timings[c])}
                        for c in correlations],
-            "curves": curves, "merged_from": len(payloads)}
+            "curves": curves, "merged_from": len(payloads),
+            **{key: first.get(key, 90) for key in SETTING_KEYS}}
 
 
 def report(payload: dict, curve_png: str = "", out: str = "") -> None:

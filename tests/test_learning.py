@@ -251,6 +251,8 @@ def test_merge_equals_one_run_and_rejects_repeats():
     assert diff["n"] == 6 and diff["significant"], diff
     with pytest.raises(ValueError, match="appears twice"):
         learning.merge_payloads([part_a, part_a])
+    with pytest.raises(ValueError, match="different jpeg_quality"):
+        learning.merge_payloads([part_a, {**part_b, "jpeg_quality": 75}])
     with pytest.raises(ValueError, match="different presets"):
         learning.merge_payloads([part_a, {**part_b, "preset": {**part_b["preset"], "steps": 6}}])
 
@@ -271,3 +273,26 @@ def test_merge_command_prints_the_correlation_summary(tmp_path, capsys):
     assert "correlation 0 (held-out" in text and "correlation 0.9 (held-out" in text
     assert "SV EER c=0.9" in text
     assert [t["correlation"] for t in json.loads(out.read_text())["tables"]] == [0.0, 0.9]
+
+
+def test_compare_runs_pairs_by_seed_and_marks_real_shifts(tmp_path):
+    """benchmarks/compare_runs.py: a run whose SV EER is 5 points worse than the reference
+    in every seed is marked, an identical run is not."""
+    from benchmarks import compare_runs, learning
+
+    paths = []
+    for quality, shift in ((90, 0.0), (75, 0.05), (60, 0.0)):
+        payload = _fake_payload(range(3), [0])
+        payload["jpeg_quality"] = quality
+        for row in payload["tables"][0]["rows"]:
+            row["runs"] = [{**r, "sv_eer": r["sv_eer"] + shift} for r in row["runs"]]
+            row.update(learning.summarise(row["runs"]))
+        path = tmp_path / f"q{quality}.json"
+        path.write_text(json.dumps(learning._json_safe(payload)))
+        paths.append(str(path))
+    lines = compare_runs.compare(paths, "both + confusion", "jpeg_quality").splitlines()
+    by_label = {line.split()[0]: line for line in lines[2:]}
+    assert "+5.0±" in by_label["75"] and "*" in by_label["75"], by_label["75"]
+    assert "+0.0±0.0" in by_label["60"] and "*" not in by_label["60"], by_label["60"]
+    with pytest.raises(ValueError, match="no row"):
+        compare_runs.compare(paths, "content only", "jpeg_quality")
