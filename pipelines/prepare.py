@@ -2,7 +2,7 @@
 
     python -m pipelines.prepare --source {voxceleb2,videos} --input DIR --output DIR \
         [--workers N] [--num_shards N --shard_index I] [--face_size 112] [--min_frames 50] \
-        [--tracks_per_shard K] [--chunk_seconds 4] [--jpeg_quality 90] [--no_detect]
+        [--tracks_per_shard K] [--chunk_seconds 4] [--jpeg_quality 75] [--no_detect]
 
 Sources:
   voxceleb2  `DIR/mp4/<id>/<video>/<utt>.mp4` (or DIR is the mp4 folder itself) with
@@ -107,7 +107,9 @@ class PrepareConfig:
         only for comparisons).
       max_side: frames are downscaled while decoding so the longer side is at most this
         (face detection sources only; crops are never larger than the source anyway).
-      jpeg_quality: JPEG quality of the stored frames (OpenCV, 1-100).
+      jpeg_quality: JPEG quality of the stored frames (OpenCV, 1-100). 75: with 4 s chunks,
+        half the bytes per training clip of 90 whole tracks at 224x224, and no learning
+        difference beyond the seed spread on the synthetic benchmark (BENCHMARKS.md, issue 15).
       chunk_seconds: tracks are stored as chunks of at least this many seconds
         (`records.chunk_bounds`); 0 keeps tracks whole. Must hold two windows of
         `min_frames`: 25 * chunk_seconds >= 2 * min_frames.
@@ -120,7 +122,7 @@ class PrepareConfig:
     tracks_per_shard: int = 64
     shard_seed: int | None = 0
     max_side: int = 720
-    jpeg_quality: int = 90
+    jpeg_quality: int = 75  # BENCHMARKS.md, issue 15: learns as 90 does (6 seeds), half the bytes
     chunk_seconds: float = 4.0
     max_av_mismatch_frames: float = media.DEFAULT_MAX_AV_MISMATCH_FRAMES
     face: faces_lib.FaceConfig = faces_lib.FaceConfig()
