@@ -5,7 +5,7 @@ Usage (from the repository root: it imports `benchmarks.learning`):
     python -m benchmarks.real_voices [--quick] [--voices DIR] [--eval_voices DIR]
         [--seeds 3] [--steps N] [--rows untrained,joint,supervised,...]
         [--train_speakers N] [--holdout_speakers M] [--workdir /tmp/av_real_voices]
-        [--json OUT]
+        [--json OUT [--resume]]
 
 1. The world (`pipelines.voices`, issue 14): every speaker of `--voices` (default: the 251
    train-clean-100 speakers of ../shared/data/librispeech_train_clean_100_sel when present,
@@ -37,7 +37,10 @@ Usage (from the repository root: it imports `benchmarks.learning`):
 4. Report: per row mean ± std over seeds and the 95% t-interval half-width
    (`learning.summarise`), and the paired differences (same seed) to the untrained row and to
    the joint row (`learning.paired_difference`; `*` where the 95% interval excludes 0); with
-   `--json` the results are rewritten atomically after every run.
+   `--json` the results are rewritten atomically after every run, and `--resume` continues
+   a run that stopped: the (seed, row) runs already in OUT are kept, not repeated, if OUT was
+   written with the same settings (`SETTING_KEYS`; otherwise a one-line error names the
+   setting that differs).
 
 `--quick` is a few-minute smoke run (small world, one seed, 100 steps, 4 rows) that shows the
 path works end to end; its numbers are not a result. The default (`FULL`: ~200 training and
@@ -64,7 +67,7 @@ from av_disentangle import files  # noqa: E402
 from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig  # noqa: E402
 from av_disentangle.constants import VIDEO_FPS  # noqa: E402
-from av_disentangle.errors import run_cli  # noqa: E402
+from av_disentangle.errors import UserError, run_cli  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.verification_metrics import compute_eer, compute_min_dcf  # noqa: E402
 from benchmarks import learning, limited_labels  # noqa: E402
@@ -280,6 +283,35 @@ def make_rows(results: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+# What must match for `--resume` to reuse a stored run (everything that shapes a run's numbers).
+SETTING_KEYS = ("mode", "voices", "eval_voices", "steps", "world", "preset", "supervised")
+
+
+def completed_runs(path: str, settings: dict) -> tuple[dict[str, list[dict]], float]:
+    """The per-seed runs of every row stored in the results JSON at `path` (as `main` writes
+    it), `{row name: [run, ...]}`, and the wall seconds already spent on them; ({}, 0.0) when
+    `path` does not exist. Raises `UserError` naming
+    the file and the setting when the stored `SETTING_KEYS` differ from `settings` (a resumed
+    table must not mix runs made under different settings)."""
+    if not os.path.exists(path):
+        return {}, 0.0
+    try:
+        with open(path) as fh:
+            stored = json.load(fh)
+        rows = stored["rows"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{path}: cannot resume from it, not a real_voices results JSON "
+                        f"({err})") from err
+    want = json.loads(json.dumps(learning._json_safe(settings)))
+    for key in SETTING_KEYS:
+        if stored.get(key) != want.get(key):
+            raise UserError(f"{path}: cannot resume, it was written with a different "
+                            f"'{key}' ({stored.get(key)!r} there, {want.get(key)!r} now); "
+                            f"use another --json or drop --resume")
+    return ({row["config"]: list(row["runs"]) for row in rows if row["config"] != LTAS},
+            float(stored.get("total_seconds", 0.0)))
+
+
 def _value(key: str, x: float) -> str:
     return f"{100 * x:.1f}" if key.endswith("_eer") else f"{x:.3f}"
 
@@ -346,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out speakers (default: the mode's)")
     parser.add_argument("--workdir", default="/tmp/av_real_voices")
     parser.add_argument("--json", default="", help="results JSON (rewritten after every run)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --json (same settings) and do the rest")
     args = parser.parse_args(argv)
 
     row_keys = [k.strip() for k in args.rows.split(",") if k.strip()] or list(
@@ -355,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rows: unknown {', '.join(unknown)} (choose from {', '.join(ROW_KEYS)})")
     if args.seeds < 1 or args.steps < 0:
         parser.error("--seeds must be >= 1 and --steps >= 0")
+    if args.resume and not args.json:
+        parser.error("--resume needs --json OUT (the results to continue)")
     sizes = QUICK if args.quick else FULL
     steps = args.steps or sizes.preset.steps
     # Whole epochs of at most `steps` steps, so `--steps` is the exact count of every row.
@@ -393,21 +429,31 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(heldout.utterances)} tracks; eval: {len(evalw.windows.identities)} "
             f"speakers, {len(evalw.utterances)} tracks", flush=True)
 
-    results: dict[str, list[dict]] = {ROW_KEYS[k]: [] for k in row_keys}
+    settings = {
+        "mode": "quick" if args.quick else "full", "voices": voices_dir,
+        "eval_voices": args.eval_voices, "steps": steps,
+        "world": dataclasses.asdict(world_cfg), "preset": dataclasses.asdict(preset),
+        "supervised": {k: v for k, v in dataclasses.asdict(sup_setting).items()
+                       if k != "world"}}
+    done, seconds_before = completed_runs(args.json, settings) if args.resume else ({}, 0.0)
+    t_start -= seconds_before  # the wall time reported is that of the whole table
+    results: dict[str, list[dict]] = {ROW_KEYS[k]: list(done.get(ROW_KEYS[k], []))
+                                      for k in row_keys}
     results[LTAS] = [ltas_run(heldout, evalw)]
+    if done:
+        print(f"[resume] {args.json}: kept " + ", ".join(
+            f"{name} seeds {[r['seed'] for r in runs]}" for name, runs in results.items()
+            if runs and name != LTAS), flush=True)
 
     def payload() -> dict:
-        return learning._json_safe({
-            "mode": "quick" if args.quick else "full", "voices": voices_dir,
-            "eval_voices": args.eval_voices, "seeds": args.seeds, "steps": steps,
-            "world": dataclasses.asdict(world_cfg), "preset": dataclasses.asdict(preset),
-            "supervised": {k: v for k, v in dataclasses.asdict(sup_setting).items()
-                           if k != "world"},
-            "rows": make_rows(results), "total_seconds": time.time() - t_start})
+        return learning._json_safe({**settings, "seeds": args.seeds, "rows": make_rows(results),
+                                    "total_seconds": time.time() - t_start})
 
     for seed in range(args.seeds):
         for key in row_keys:
             name = ROW_KEYS[key]
+            if any(r["seed"] == seed for r in results[name]):
+                continue  # --resume: this run is already in the results
             keras.utils.set_random_seed(seed)
             info: dict = {"steps": 0, "train_seconds": 0.0}
             if key == "untrained":

@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 
+from av_disentangle.errors import UserError
 from benchmarks import real_voices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +61,40 @@ def test_supervised_row_exists_and_is_in_range(tmp_path, capsys):
     assert (run["heldout_trials"], run["eval_trials"]) == (ltas["heldout_trials"],
                                                          ltas["eval_trials"])
     assert run["heldout_targets"] > 0 and run["eval_targets"] > 0
+
+    # --resume: the stored seed-0 run is kept as it is (not retrained), seed 1 is added.
+    common = ["--quick", "--voices", small, "--eval_voices", small, "--train_speakers", "0",
+              "--holdout_speakers", "2", "--rows", "supervised",
+              "--workdir", str(tmp_path / "work"), "--json", str(out), "--resume"]
+    assert real_voices.main(common + ["--seeds", "2", "--steps", "3"]) == 0
+    runs = {r["config"]: r for r in json.loads(out.read_text())["rows"]}[
+        real_voices.SUPERVISED]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert runs[0] == run  # train_seconds included: the same stored run, not a new one
+    assert json.loads(out.read_text())["total_seconds"] > payload["total_seconds"]
+    # A different setting is refused, naming the file and the setting; the file is kept.
+    before = out.read_text()
+    with pytest.raises(UserError, match=r"real_voices\.json: cannot resume.*'steps'"):
+        real_voices.main(common + ["--seeds", "2", "--steps", "4"])
+    assert out.read_text() == before
+
+
+def test_completed_runs_reads_back_what_main_writes_and_refuses_other_settings(tmp_path):
+    settings = {"mode": "full", "voices": "/v", "eval_voices": "/e", "steps": 250,
+                "world": {"seed": 0}, "preset": {"steps": 250}, "supervised": {"lr": 0.001}}
+    path = tmp_path / "r.json"
+    assert real_voices.completed_runs(str(path), settings) == ({}, 0.0)
+    runs = {real_voices.JOINT: [_run(0, 0.4), _run(1, 0.3)], real_voices.LTAS: [_run(0, 0.2)]}
+    path.write_text(json.dumps({**settings, "seeds": 3, "total_seconds": 12.5,
+                                "rows": real_voices.make_rows(runs)}))
+    done, seconds = real_voices.completed_runs(str(path), settings)
+    assert done == {real_voices.JOINT: runs[real_voices.JOINT]} and seconds == 12.5
+    for key, value in (("preset", {"steps": 100}), ("voices", "/other")):
+        with pytest.raises(UserError, match=f"r.json: cannot resume.*'{key}'"):
+            real_voices.completed_runs(str(path), {**settings, key: value})
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="r.json: cannot resume from it"):
+        real_voices.completed_runs(str(path), settings)
 
 
 def _run(seed: int, heldout_eer: float) -> dict:
