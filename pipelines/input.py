@@ -45,6 +45,7 @@ from av_disentangle.errors import UserError, run_cli
 from av_disentangle.files import write_json_atomic
 from av_disentangle.logs import setup_logging
 from pipelines import records
+from pipelines.records import window_slices
 
 log = logging.getLogger(__name__)
 
@@ -212,15 +213,6 @@ def window_starts(num_frames: tf.Tensor, window: int, seed_1,
         return tf.where(apart & (index >= room), index + gap, index)
 
     return start(index_1), start(index_2)
-
-
-def window_slices(start, window: int) -> tuple[slice, slice]:
-    """(frame slice, audio-sample slice) of the `window` video frames from frame `start`:
-    frames [start, start + T) and audio samples [start * 640, (start + T) * 640), the same
-    40 ms per frame (alignment contract in `pipelines.records`). `start` may be an int or a
-    scalar tensor; the slices index numpy arrays and tensors alike."""
-    return (slice(start, start + window),
-            slice(start * SAMPLES_PER_FRAME, (start + window) * SAMPLES_PER_FRAME))
 
 
 def fixed_windows(frames: np.ndarray, audio: np.ndarray,

@@ -181,6 +181,15 @@ def decode_frames(jpegs: tf.Tensor) -> tf.Tensor:
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
+def window_slices(start, window: int) -> tuple[slice, slice]:
+    """(frame slice, audio-sample slice) of the `window` video frames from frame `start`:
+    frames [start, start + T) and audio samples [start * 640, (start + T) * 640), the same
+    40 ms per frame (the alignment contract above). `start` may be an int or a
+    scalar tensor; the slices index numpy arrays and tensors alike."""
+    return (slice(start, start + window),
+            slice(start * SAMPLES_PER_FRAME, (start + window) * SAMPLES_PER_FRAME))
+
+
 def chunk_bounds(num_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
     """Frame ranges [start, stop) of the chunks a track of `num_frames` frames is stored as.
 
@@ -201,11 +210,13 @@ def split_track(track: Track, chunk_frames: int) -> list[Track]:
     bounds = chunk_bounds(track.frames.shape[0], chunk_frames)
     if len(bounds) == 1:
         return [track]
-    return [dataclasses.replace(track, frames=track.frames[start:stop],
-                                audio=track.audio[start * SAMPLES_PER_FRAME:
-                                                  stop * SAMPLES_PER_FRAME],
-                                chunk_index=i, num_chunks=len(bounds), chunk_start_frame=start)
-            for i, (start, stop) in enumerate(bounds)]
+    chunks = []
+    for i, (start, stop) in enumerate(bounds):
+        frame_slice, audio_slice = window_slices(start, stop - start)
+        chunks.append(dataclasses.replace(
+            track, frames=track.frames[frame_slice], audio=track.audio[audio_slice],
+            chunk_index=i, num_chunks=len(bounds), chunk_start_frame=start))
+    return chunks
 
 
 def join_chunks(items: list[dict[str, np.ndarray]],
