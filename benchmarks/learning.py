@@ -884,27 +884,47 @@ def format_differences(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _correlation_delta(hi: dict | None, lo: dict | None, key: str) -> str:
+    """Cell: paired difference (row at the highest correlation - the same row at the lowest,
+    by seed x world) of `key` in points, ± its 95% interval, `*` beyond spread and 2 trial SE."""
+    if hi is None or lo is None:
+        return "-"
+    se = float(np.hypot(hi["trial_se"].get(key, 0.0), lo["trial_se"].get(key, 0.0)))
+    d = paired_difference(hi["runs"], lo["runs"], key, se)
+    if d["n"] == 0:
+        return "-"
+    return (f"{100 * d['mean']:+.1f}" + (f"±{100 * d['ci95']:.1f}" if np.isfinite(d["ci95"])
+                                         else "") + ("*" if d["significant"] else ""))
+
+
 def format_correlation_summary(by_corr: dict[float, list[dict]]) -> str:
     """Held-out (uncorrelated) SV EER and sync@1 of every configuration per training-world
-    correlation: mean ± 95% interval (`*`: differs from REFERENCE beyond its spread)."""
+    correlation: mean ± 95% interval (`*`: differs from REFERENCE beyond its spread), and
+    what the highest correlation changes against the lowest for the same configuration
+    (Δ, paired by seed x world: the same held-out test world, the same training seed)."""
     corrs = sorted(by_corr)
     names = list(dict.fromkeys(r["config"] for c in corrs for r in by_corr[c]))
     name_w = max(len(n) for n in names) + 2
+    delta = f"c={corrs[-1]:g}-{corrs[0]:g}"
     head = f"{'configuration':<{name_w}}" + "".join(
         f"{f'SV EER c={c:g}':>{CELL}}" for c in corrs) + "".join(
         f"{f'sync@1 c={c:g}':>{CELL}}" for c in corrs)
+    head += f"{'ΔSV ' + delta:>{CELL + 4}}{'Δsync ' + delta:>{CELL + 4}}"
     lines = ["held-out (uncorrelated content) results by training-world content-identity "
-             "correlation c", head]
+             "correlation c; Δ: paired difference, highest c - lowest c (points)", head]
     for name in names:
         line = f"{name:<{name_w}}"
+        rows = {c: next((r for r in by_corr[c] if r["config"] == name), None) for c in corrs}
         for key in ("sv_eer", "sync_top1"):
             for c in corrs:
-                row = next((r for r in by_corr[c] if r["config"] == name), None)
+                row = rows[c]
                 if row is None:
                     line += f"{'-':>{CELL}}"
                     continue
                 mark = row["vs_reference"].get(key, {}).get("significant", False)
                 line += f"{_cell(row['mean'][key], row['ci95'][key], mark):>{CELL}}"
+        for key in ("sv_eer", "sync_top1"):
+            line += f"{_correlation_delta(rows[corrs[-1]], rows[corrs[0]], key):>{CELL + 4}}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -204,7 +204,7 @@ def test_learning_benchmark_smoke(tmp_path, monkeypatch):
     assert test_world["config"]["content_identity_correlation"] == 0.0
 
 
-def _fake_payload(seeds, worlds, corr=0.0, shift=0.0):
+def _fake_payload(seeds, worlds, corr=0.0, shift=0.0, base=0.0):
     """A results payload as `learning.main` writes it, from made-up per-run metrics."""
     from benchmarks import learning
 
@@ -214,7 +214,8 @@ def _fake_payload(seeds, worlds, corr=0.0, shift=0.0):
         for s in seeds:
             for w in worlds:
                 results.setdefault(name, []).append(
-                    {"seed": s, "data_seed": w, "sv_eer": 0.2 + offset + 0.01 * rng.normal(),
+                    {"seed": s, "data_seed": w,
+                     "sv_eer": 0.2 + base + offset + 0.01 * rng.normal(),
                      "sv_eer_se": 0.01, "sync_top1": 0.5, "sync_top1_se": 0.02,
                      "num_steps": 12, "sv_targets": 10, "sv_trials": 100})
                 timings.setdefault(name, []).append({"seed": s, "data_seed": w, "steps": 5,
@@ -273,6 +274,22 @@ def test_merge_command_prints_the_correlation_summary(tmp_path, capsys):
     assert "correlation 0 (held-out" in text and "correlation 0.9 (held-out" in text
     assert "SV EER c=0.9" in text
     assert [t["correlation"] for t in json.loads(out.read_text())["tables"]] == [0.0, 0.9]
+
+
+def test_correlation_summary_pairs_each_configuration_across_correlations():
+    """The summary's Δ columns: each configuration at the highest correlation minus itself at
+    the lowest, paired by seed x world - a uniform 5-point rise is +5.0 with no spread and
+    marked; an unchanged metric is +0.0 and not marked."""
+    from benchmarks import learning
+
+    lo = _fake_payload(range(3), range(2), 0.0)
+    hi = _fake_payload(range(3), range(2), 0.9, base=0.05)  # the same noise, 5 points higher
+    text = learning.format_correlation_summary(
+        {0.0: lo["tables"][0]["rows"], 0.9: hi["tables"][0]["rows"]})
+    assert "ΔSV c=0.9-0" in text
+    for name in ("both (shared trunk)", "both + confusion"):
+        line = next(x for x in text.splitlines() if x.startswith(name))
+        assert line.split()[-2:] == ["+5.0±0.0*", "+0.0±0.0"], line
 
 
 def test_compare_runs_pairs_by_seed_and_marks_real_shifts(tmp_path):
