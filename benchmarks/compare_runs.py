@@ -57,9 +57,7 @@ def compare(paths: list[str], config: str, label: str) -> str:
                 if key not in row["mean"] or key not in loaded[0][1]["mean"]:
                     line += f"{'-':>18}"
                     continue
-                se = float(np.hypot(row["trial_se"].get(key, 0.0),
-                                    loaded[0][1]["trial_se"].get(key, 0.0)))
-                d = learning.paired_difference(row["runs"], ref_runs, key, se)
+                d = learning.paired_rows(row, loaded[0][1], key)
                 cell = (f"{100 * d['mean']:+.1f}±{100 * d['ci95']:.1f}"
                         + ("*" if d["significant"] else ""))
                 line += f"{cell:>18}"

@@ -821,9 +821,24 @@ def make_rows(results: dict[str, list[dict]], timings: dict[str, list[dict]]) ->
             continue
         for key, _ in COLUMNS:
             if key in row["mean"] and key in ref["mean"]:
-                se = float(np.hypot(row["trial_se"].get(key, 0.0), ref["trial_se"].get(key, 0.0)))
-                row["vs_reference"][key] = paired_difference(row["runs"], ref["runs"], key, se)
+                row["vs_reference"][key] = paired_rows(row, ref, key)
     return rows
+
+
+def paired_rows(row: dict, ref: dict, key: str) -> dict:
+    """`paired_difference` of two summarised rows (`make_rows`), row - ref, with the
+    trial-sampling SE of the difference: the two rows' SEs of `key` in quadrature."""
+    se = float(np.hypot(row["trial_se"].get(key, 0.0), ref["trial_se"].get(key, 0.0)))
+    return paired_difference(row["runs"], ref["runs"], key, se)
+
+
+def format_paired(d: dict | None) -> str:
+    """Cell of a paired difference in points: mean, ± its 95% interval (none with one pair),
+    `*` where `significant`; "-" without pairs."""
+    if d is None or d["n"] == 0:
+        return "-"
+    return (f"{100 * d['mean']:+.1f}" + (f"±{100 * d['ci95']:.1f}" if np.isfinite(d["ci95"])
+                                         else "") + ("*" if d["significant"] else ""))
 
 
 def _cell(mean: float, ci: float, mark: bool) -> str:
@@ -877,26 +892,9 @@ def format_differences(rows: list[dict]) -> str:
             continue
         line = f"{r['config']:<{name_w}}"
         for k in DIFF_KEYS:
-            d = r["vs_reference"].get(k)
-            cell = "-" if d is None or d["n"] == 0 else (
-                f"{100 * d['mean']:+.1f}" + (f"±{100 * d['ci95']:.1f}" if np.isfinite(d["ci95"])
-                                             else "") + ("*" if d["significant"] else ""))
-            line += f"{cell:>{CELL}}"
+            line += f"{format_paired(r['vs_reference'].get(k)):>{CELL}}"
         lines.append(line)
     return "\n".join(lines)
-
-
-def _correlation_delta(hi: dict | None, lo: dict | None, key: str) -> str:
-    """Cell: paired difference (row at the highest correlation - the same row at the lowest,
-    by seed x world) of `key` in points, ± its 95% interval, `*` beyond spread and 2 trial SE."""
-    if hi is None or lo is None:
-        return "-"
-    se = float(np.hypot(hi["trial_se"].get(key, 0.0), lo["trial_se"].get(key, 0.0)))
-    d = paired_difference(hi["runs"], lo["runs"], key, se)
-    if d["n"] == 0:
-        return "-"
-    return (f"{100 * d['mean']:+.1f}" + (f"±{100 * d['ci95']:.1f}" if np.isfinite(d["ci95"])
-                                         else "") + ("*" if d["significant"] else ""))
 
 
 def format_correlation_summary(by_corr: dict[float, list[dict]]) -> str:
@@ -926,7 +924,9 @@ def format_correlation_summary(by_corr: dict[float, list[dict]]) -> str:
                 mark = row["vs_reference"].get(key, {}).get("significant", False)
                 line += f"{_cell(row['mean'][key], row['ci95'][key], mark):>{CELL}}"
         for key in ("sv_eer", "sync_top1"):
-            line += f"{_correlation_delta(rows[corrs[-1]], rows[corrs[0]], key):>{CELL + 4}}"
+            hi, lo = rows[corrs[-1]], rows[corrs[0]]
+            d = None if hi is None or lo is None else paired_rows(hi, lo, key)
+            line += f"{format_paired(d):>{CELL + 4}}"
         lines.append(line)
     return "\n".join(lines)
 

@@ -39,7 +39,7 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    the joint row (`learning.paired_difference`; `*` where the 95% interval excludes 0); with
    `--json` the results are rewritten atomically after every run, and `--resume` continues
    a run that stopped: the (seed, row) runs already in OUT are kept, not repeated, if OUT was
-   written with the same settings (`SETTING_KEYS`; otherwise a one-line error names the
+   written with the same settings (`completed_runs`; otherwise a one-line error names the
    setting that differs).
 
 `--quick` is a few-minute smoke run (small world, one seed, 100 steps, 4 rows) that shows the
@@ -283,16 +283,12 @@ def make_rows(results: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-# What must match for `--resume` to reuse a stored run (everything that shapes a run's numbers).
-SETTING_KEYS = ("mode", "voices", "eval_voices", "steps", "world", "preset", "supervised")
-
-
 def completed_runs(path: str, settings: dict) -> tuple[dict[str, list[dict]], float]:
     """The per-seed runs of every row stored in the results JSON at `path` (as `main` writes
     it), `{row name: [run, ...]}`, and the wall seconds already spent on them; ({}, 0.0) when
-    `path` does not exist. Raises `UserError` naming
-    the file and the setting when the stored `SETTING_KEYS` differ from `settings` (a resumed
-    table must not mix runs made under different settings)."""
+    `path` does not exist. `settings` is everything that shapes a run's numbers; raises
+    `UserError` naming the file and the setting when one of them is stored with another value
+    (a resumed table must not mix runs made under different settings)."""
     if not os.path.exists(path):
         return {}, 0.0
     try:
@@ -303,10 +299,10 @@ def completed_runs(path: str, settings: dict) -> tuple[dict[str, list[dict]], fl
         raise UserError(f"{path}: cannot resume from it, not a real_voices results JSON "
                         f"({err})") from err
     want = json.loads(json.dumps(learning._json_safe(settings)))
-    for key in SETTING_KEYS:
-        if stored.get(key) != want.get(key):
+    for key in want:
+        if stored.get(key) != want[key]:
             raise UserError(f"{path}: cannot resume, it was written with a different "
-                            f"'{key}' ({stored.get(key)!r} there, {want.get(key)!r} now); "
+                            f"'{key}' ({stored.get(key)!r} there, {want[key]!r} now); "
                             f"use another --json or drop --resume")
     return ({row["config"]: list(row["runs"]) for row in rows if row["config"] != LTAS},
             float(stored.get("total_seconds", 0.0)))

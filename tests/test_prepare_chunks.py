@@ -153,10 +153,11 @@ def test_prepare_chunks_read_fewer_bytes_per_example_and_evaluate_whole(tmp_path
     videos = _clip(tmp_path)
     common = ["--source", "videos", "--no_detect", "--input", videos, "--face_size", "32",
               "--min_frames", "25", "--workers", "1", "--no_progress"]
+    # Both qualities set explicitly: the comparison must not move with the prepare default.
     assert prepare.main(common + ["--output", str(tmp_path / "whole"),
                                   "--chunk_seconds", "0", "--jpeg_quality", "95"]) == 0
-    assert prepare.main(common + ["--output", str(tmp_path / "chunks"),  # quality set: the
-                                  "--chunk_seconds", "2", "--jpeg_quality", "95"]) == 0  # default moves
+    assert prepare.main(common + ["--output", str(tmp_path / "chunks"),
+                                  "--chunk_seconds", "2", "--jpeg_quality", "95"]) == 0
     assert prepare.main(common + ["--output", str(tmp_path / "q50"), "--chunk_seconds", "2",
                                   "--jpeg_quality", "50"]) == 0
     whole_shard, = list_shards(str(tmp_path / "whole" / "*.tfrecord"))
