@@ -319,7 +319,7 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
         validation_steps: int | None = None, shard_patterns: tuple[str, ...] = ()) -> int:
     """`checkpoints.resumable_fit` with the user's errors made one line: a corrupt record
     (UsageError naming the shard, found by checking `shard_patterns`) and a NaN/Inf loss
-    (NonFiniteLoss). Returns the step reached."""
+    (NonFiniteLoss), and input that runs out (UsageError). Returns the step reached."""
     from av_disentangle.shard_check import check_shards
     from pipelines.input import list_shards
 
@@ -341,6 +341,15 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
         raise NonFiniteLoss(
             f"training stopped: the loss became NaN/Inf at step {step}. The last good state "
             f"is kept in {backup.backup_dir}; lower --learning_rate and rerun to resume from it")
+    if step < epochs * steps_per_epoch:  # no callback of ours stops early but the NaN one
+        # Keras only warns when the input runs out ("Your input ran out of data"), and the
+        # half-trained model would be exported. A repeated input runs out only when one pass
+        # makes no batch at all (pipelines.input.make_dataset).
+        raise UsageError(
+            f"the training data ran out at step {step} of {epochs * steps_per_epoch}: "
+            f"{', '.join(shard_patterns) or 'the input'} makes no full batch of --batch_tracks "
+            "tracks of distinct videos, each at least --window_frames frames long; lower "
+            "--batch_tracks or add videos")
     log.info("trained to step %d", step)
     return step
 

@@ -70,6 +70,7 @@ from scipy import optimize  # noqa: E402
 from av_disentangle import files, losses  # noqa: E402
 from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig, ModelConfig  # noqa: E402
+from av_disentangle.errors import UserError  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.streams import CONTENT, IDENTITY  # noqa: E402
 from av_disentangle.verification_metrics import compute_eer  # noqa: E402
@@ -635,6 +636,9 @@ def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, s
     t0 = time.time()
     h = model.fit(dataset, steps_per_epoch=spe, epochs=epochs, callbacks=callbacks, verbose=0)
     wall = time.time() - t0
+    if not h.history.get("loss"):  # Keras only warns when the input runs out
+        raise UserError(f"{train_glob}: no full training batch of {preset.batch_tracks} tracks "
+                        f"of distinct videos, each at least {preset.window_frames} frames long")
     history = {k: [round(float(v), 4) for v in values] for k, values in h.history.items()}
     done = len(history["loss"]) * spe
     info = {"steps": done, "train_seconds": wall, "history": history}

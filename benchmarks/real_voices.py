@@ -376,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", help="results JSON (rewritten after every run)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in --json (same settings) and do the rest")
+    parser.add_argument("--curve", type=int, default=0, metavar="N",
+                        help="every N steps, the held-out SV EER (moving BN statistics) and "
+                             "sync@1 of each self-supervised row: in the JSON and as "
+                             "TensorBoard scalars under WORKDIR/curves/")
     args = parser.parse_args(argv)
 
     row_keys = [k.strip() for k in args.rows.split(",") if k.strip()] or list(
@@ -464,10 +468,17 @@ def main(argv: list[str] | None = None) -> int:
                       f" s; last epoch loss {sinfo['loss']:.3f} accuracy "
                       f"{sinfo['accuracy']:.3f}", flush=True)
             else:
+                curve = None
+                if args.curve:
+                    curve = learning.Curve(heldout.windows, args.curve, os.path.join(
+                        args.workdir, "curves", tag, f"seed{seed}", key), preset.offset_steps)
                 model, tinfo = learning.train(name, learning.CONFIGS[name], preset,
-                                              train_glob, seed, steps, None)
-                info = {"steps": tinfo["steps"], "train_seconds": tinfo["train_seconds"],
-                        "train_loss": tinfo["history"]["loss"][-1]}
+                                              train_glob, seed, steps, None, curve)
+                # Per-epoch training losses and accuracies (identity_acc: is the face-voice
+                # task learned at all?), and the curve when asked for.
+                info = {k: v for k, v in tinfo.items() if k in ("steps", "train_seconds",
+                                                                "history", "curve")}
+                info["train_loss"] = tinfo["history"]["loss"][-1]
             res = {"seed": seed, "data_seed": 0, **info,
                    **evaluate_row(model, heldout, evalw, train_glob, preset, seed)}
             results[name].append(res)

@@ -22,12 +22,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = os.path.join(REPO, "data", "samples", "librispeech_subset")  # 5 speakers x 10
 
 
-def _small_voices(root) -> str:
-    """4 bundled speakers x their first 2 utterances, LibriSpeech names, `<spk>/` folders."""
-    speakers = sorted(d for d in os.listdir(SUBSET) if os.path.isdir(os.path.join(SUBSET, d)))
-    for spk in speakers[:4]:
+def _small_voices(root, speakers: int = 4, utterances: int = 2) -> str:
+    """The first bundled speakers x their first utterances, LibriSpeech names, `<spk>/`."""
+    names = sorted(d for d in os.listdir(SUBSET) if os.path.isdir(os.path.join(SUBSET, d)))
+    for spk in names[:speakers]:
         os.makedirs(root / spk)
-        for name in sorted(os.listdir(os.path.join(SUBSET, spk)))[:2]:
+        for name in sorted(os.listdir(os.path.join(SUBSET, spk)))[:utterances]:
             shutil.copy(os.path.join(SUBSET, spk, name), root / spk / name)
     return str(root)
 
@@ -77,6 +77,37 @@ def test_supervised_row_exists_and_is_in_range(tmp_path, capsys):
     with pytest.raises(UserError, match=r"real_voices\.json: cannot resume.*'steps'"):
         real_voices.main(common + ["--seeds", "2", "--steps", "4"])
     assert out.read_text() == before
+
+
+@pytest.mark.slow  # ~40 s on the shared 2-core machine (TF import, 2 worlds, 1 training)
+def test_self_supervised_row_keeps_its_history_and_curve(tmp_path):
+    out = tmp_path / "real_voices.json"
+    work = tmp_path / "work"
+    # 2 training speakers x 2 utterances: 4 videos cannot make a batch of 12 distinct ones.
+    small = _small_voices(tmp_path / "small")
+    with pytest.raises(UserError, match=r"train/shard-\*-of-\*\.tfrecord: no full training "
+                                        r"batch of 12 tracks of distinct videos"):
+        real_voices.main(["--quick", "--voices", small, "--eval_voices", small,
+                          "--train_speakers", "0", "--holdout_speakers", "2", "--rows",
+                          "joint", "--steps", "2", "--workdir", str(work)])
+    # 3 training speakers x 6 utterances: 18 videos; 2 held-out speakers.
+    voices = _small_voices(tmp_path / "voices", speakers=5, utterances=6)
+    rc = real_voices.main(["--quick", "--voices", voices, "--eval_voices", small,
+                           "--train_speakers", "0", "--holdout_speakers", "2",
+                           "--rows", "joint", "--seeds", "1", "--steps", "2", "--curve", "1",
+                           "--workdir", str(work), "--json", str(out)])
+    assert rc == 0
+    (run,) = {r["config"]: r for r in json.loads(out.read_text())["rows"]}[
+        real_voices.JOINT]["runs"]
+    # One epoch of 2 steps: the per-epoch history of both tasks, the last loss as train_loss.
+    assert run["history"]["loss"][-1] == run["train_loss"]
+    for key in ("content_acc", "identity_acc", "identity_loss"):
+        assert len(run["history"][key]) == 1, key
+    # The curve: step 0 (initialisation), 1 and 2; SV EER and sync@1 are fractions.
+    assert [p[0] for p in run["curve"]] == [0, 1, 2]
+    assert all(0.0 <= v <= 1.0 for p in run["curve"] for v in p[1:])
+    logs = [f for _, _, names in os.walk(work / "curves") for f in names]
+    assert any(f.startswith("events.out.tfevents") for f in logs), logs
 
 
 def test_completed_runs_reads_back_what_main_writes_and_refuses_other_settings(tmp_path):

@@ -225,6 +225,20 @@ def test_unusable_model_dir_and_bad_shards_are_one_line_errors(random_shards, tm
     assert not (tmp_path / "run" / "config.json").exists()  # nothing written before the checks
 
 
+def test_data_too_small_for_one_batch_is_an_error_not_an_export(random_shards, tmp_path):
+    # 12 tracks cannot make a batch of 16: Keras only warns that the input ran out, and the
+    # untrained model used to be exported with exit status 0.
+    model_dir = tmp_path / "run"
+    result = run_script(["train.py", "--model_dir", str(model_dir), "--train_data",
+                         random_shards, *TINY, "--batch_tracks", "16", "--epochs", "1",
+                         "--steps_per_epoch", "2", "--export_dir", str(tmp_path / "export")])
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("train.py: error: the training data ran out at step"), error
+    assert f"{random_shards} makes no full batch" in error, error
+    assert not (tmp_path / "export").exists()
+
+
 def test_shard_check_finds_truncation_corruption_and_count_mismatch(random_shards, tmp_path):
     from av_disentangle.shard_check import check_shard
 
