@@ -5,7 +5,7 @@ Usage (from the repository root: it imports `benchmarks.learning`):
     python -m benchmarks.real_voices [--quick] [--voices DIR] [--eval_voices DIR]
         [--seeds 3] [--steps N] [--rows untrained,joint,supervised,...]
         [--train_speakers N] [--holdout_speakers M] [--workdir /tmp/av_real_voices]
-        [--json OUT [--resume]]
+        [--json OUT [--resume]] [--curve N]
 
 1. The world (`pipelines.voices`, issue 14): every speaker of `--voices` (default: the 251
    train-clean-100 speakers of ../shared/data/librispeech_train_clean_100_sel when present,
@@ -40,7 +40,10 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    `--json` the results are rewritten atomically after every run, and `--resume` continues
    a run that stopped: the (seed, row) runs already in OUT are kept, not repeated, if OUT was
    written with the same settings (`completed_runs`; otherwise a one-line error names the
-   setting that differs).
+   setting that differs). Each self-supervised run keeps its per-epoch training history
+   (`identity_acc`: is the face-voice task learned at all?); `--curve N` adds the held-out
+   SV EER (moving BN statistics) and sync@1 every N steps (`learning.Curve`, also as
+   TensorBoard scalars under WORKDIR/curves/).
 
 `--quick` is a few-minute smoke run (small world, one seed, 100 steps, 4 rows) that shows the
 path works end to end; its numbers are not a result. The default (`FULL`: ~200 training and
