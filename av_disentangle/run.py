@@ -316,10 +316,12 @@ def make_callbacks(model_dir: str, backup: checkpoints.CrashSafeBackup, *, chief
 def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset], *,
         start: int, epochs: int, steps_per_epoch: int, callbacks: list, verbose: int,
         backup: checkpoints.CrashSafeBackup, val_dataset: tf.data.Dataset | None = None,
-        validation_steps: int | None = None, shard_patterns: tuple[str, ...] = ()) -> int:
+        validation_steps: int | None = None, shard_patterns: tuple[str, ...] = (),
+        train_pattern: str = "") -> int:
     """`checkpoints.resumable_fit` with the user's errors made one line: a corrupt record
-    (UsageError naming the shard, found by checking `shard_patterns`) and a NaN/Inf loss
-    (NonFiniteLoss), and input that runs out (UsageError). Returns the step reached."""
+    (UsageError naming the shard, found by checking `shard_patterns`), a NaN/Inf loss
+    (NonFiniteLoss), and training input (`train_pattern`) that runs out (UsageError).
+    Returns the step reached."""
     from av_disentangle.shard_check import check_shards
     from pipelines.input import list_shards
 
@@ -347,7 +349,7 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
         # makes no batch at all (pipelines.input.make_dataset).
         raise UsageError(
             f"the training data ran out at step {step} of {epochs * steps_per_epoch}: "
-            f"{', '.join(shard_patterns) or 'the input'} makes no full batch of --batch_tracks "
+            f"{train_pattern or 'the training input'} makes no full batch of --batch_tracks "
             "tracks of distinct videos, each at least --window_frames frames long; lower "
             "--batch_tracks or add videos")
     log.info("trained to step %d", step)
@@ -414,7 +416,8 @@ def train(settings: Settings) -> tuple[str | None, bool]:
                epochs=train_config.epochs, steps_per_epoch=train_config.steps_per_epoch,
                callbacks=callbacks, verbose=run.keras_verbose, backup=backup,
                val_dataset=val_dataset, validation_steps=run.validation_steps,
-               shard_patterns=tuple(p for p in (plan.train_files, plan.val_files) if p))
+               shard_patterns=tuple(p for p in (plan.train_files, plan.val_files) if p),
+               train_pattern=plan.train_files or "")
     if run.no_export or not chief:
         return None, False
     weights_sha = backup.generations[0].sha256 if backup.generations else None
