@@ -10,6 +10,13 @@ from typing import Any
 DISENTANGLE_MODES: tuple[str, ...] = ("confusion", "adversarial", "grl", "none")
 FACE_IDENTITY_POOLINGS: tuple[str, ...] = ("random_step", "mean")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+FRONT_ENDS: tuple[str, ...] = ("centered", "syncnet_trainer", "tf_mel_v1")  # features.py
+FACE_PIXELS: tuple[str, ...] = ("rgb_unit", "bgr_255")
+# ModelConfig fields added after models were saved without them, and the value those models
+# were built with (`ModelConfig.from_saved`): an old run resumes and an old export reloads as
+# it was trained, instead of silently taking a new default.
+LEGACY_MODEL_VALUES: dict[str, Any] = {"front_end": "tf_mel_v1", "face_pixels": "rgb_unit",
+                                       "normalize_steps": True}
 
 
 def field(default: Any, help: str, choices: tuple | None = None, **metadata: Any) -> Any:
@@ -46,6 +53,21 @@ class ModelConfig:
       embedding_dim: D, the output width of content and identity heads.
       num_mels: log-mel bands of the audio features (>= 15, the smallest the audio trunk takes).
       temporal_stride: stride of the trunk's temporal output; T' = (T - 5) // stride + 1.
+      front_end: the log-mel front end (`features.py`): `centered` (ours: the reference's
+        features with frame n centred on sample n * 160, so audio and face steps are centred
+        on the same instant), `syncnet_trainer` (the reference's exactly: first and last frame
+        dropped) or `tf_mel_v1` (models made before 2026-12: 20-7600 Hz bands).
+      face_pixels: how uint8 RGB frames enter the first face conv: `rgb_unit` (ours: RGB scaled
+        to [-1, 1]) or `bgr_255` (the reference's: OpenCV's BGR order, values 0..255 as floats,
+        syncnet_trainer dataLoader.get_frames). BatchNorm follows that conv, so the scale only
+        changes conv1's effective learning rate (not measured; kept so our trained models and
+        their evidence stay what they were).
+      normalize_steps: L2-normalise every output step of the four heads (ours). The
+        reference's heads output raw steps (its losses take cosines, so per step it is the
+        same), and its voice identity is the time-mean of the RAW steps, then a cosine;
+        `losses.time_pool` of raw steps is exactly that. Ours averages unit steps, weighting
+        every step alike. Not measured yet (the evidence issue compares both); kept so our
+        trained models and their evidence stay what they were.
     """
 
     face_size: int = 224
@@ -56,8 +78,16 @@ class ModelConfig:
     embedding_dim: int = 1024
     num_mels: int = 40
     temporal_stride: int = 2
+    front_end: str = "centered"
+    face_pixels: str = "rgb_unit"
+    normalize_steps: bool = True
 
     def __post_init__(self) -> None:
+        if self.front_end not in FRONT_ENDS:
+            raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {self.front_end!r}")
+        if self.face_pixels not in FACE_PIXELS:
+            raise ValueError(f"face_pixels must be one of {FACE_PIXELS}, got "
+                             f"{self.face_pixels!r}")
         if len(self.face_channels) != 5 or len(self.audio_channels) != 5:
             raise ValueError("face_channels and audio_channels need exactly 5 widths each")
         # Smallest sizes for which the reference trunks (streams.py) leave a map before fc6.
@@ -73,6 +103,23 @@ class ModelConfig:
         """The reference code's sizes: 13,840,512 trainable parameters, as SyncNetModelFBank
         at nOut 1024; `--face_size 112` for a ~4x cheaper face stream."""
         return cls()
+
+    @classmethod
+    def syncnet_trainer(cls, embedding_dim: int = 1024,
+                        temporal_stride: int = 2) -> "ModelConfig":
+        """The reference model with the reference's conventions, so that its checkpoints
+        (`convert.py`) compute exactly what its code computes: its front end, BGR 0..255 faces,
+        raw head outputs. `temporal_stride` is not in a checkpoint (the weights fit any);
+        2 is its README's training and evaluation command."""
+        return cls(embedding_dim=embedding_dim, temporal_stride=temporal_stride,
+                   front_end="syncnet_trainer", face_pixels="bgr_255", normalize_steps=False)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "ModelConfig":
+        """A ModelConfig from a saved `to_dict` (model_config.json, a run's config.json):
+        fields the file predates take the value such models were built with
+        (`LEGACY_MODEL_VALUES`), not today's default."""
+        return from_dict(cls, {**LEGACY_MODEL_VALUES, **values})
 
     @classmethod
     def small(cls) -> "ModelConfig":
@@ -95,7 +142,7 @@ class ModelConfig:
 
 
 MODEL_SIZES = {"reference": ModelConfig.reference, "small": ModelConfig.small,
-               "tiny": ModelConfig.tiny}
+               "tiny": ModelConfig.tiny, "syncnet_trainer": ModelConfig.syncnet_trainer}
 
 
 # === Losses ===
@@ -153,12 +200,22 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 
 # === Training ===
+REFERENCE_LEARNING_RATE = 1e-4
+"""The learning rate joonson/syncnet_trainer actually trains with (SyncNetDist.py:25, 33; see
+`TrainConfig`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. Reference code (github joonson/syncnet_trainer): SGD, momentum
-    0.9, weight decay 1e-5 (SyncNetDist.py:33), lr 1e-3 (trainSyncNet.py:37) x0.95
+    """Optimisation settings. Reference code (github joonson/syncnet_trainer, commit 15e5cfc):
+    SGD, momentum 0.9, weight decay 1e-5 (SyncNetDist.py:33), learning rate 1e-4 x0.95
     (trainSyncNet.py:38, applied at :138) after every epoch of 100,000 tracks
     (trainSyncNet.py:24, `nTrainPerEpoch`) in batches of 30 (:23): every 3,333 steps.
+    The rate it RUNS is 1e-4, not its `--lr` flag's 1e-3: trainSyncNet.py:37 defines `--lr`
+    and :74 calls `SyncNet(**vars(args))`, but `SyncNet.__init__` takes
+    `learning_rate=0.0001` (SyncNetDist.py:25) and hands that to SGD (:33); `lr` lands in
+    `**kwargs`, unused (`REFERENCE_LEARNING_RATE`, `syncnet_trainer()`). Our default 1e-3 is
+    not the reference's; which default trains best is for the evidence to decide.
     TensorFlow-free (`train.py --help` imports it); `training.py` re-exports it.
 
     Attributes:
@@ -178,7 +235,8 @@ class TrainConfig:
     window_frames: int = field(25, "video frames per window at 25 fps (reference: 50)")
     optimizer: str = field("sgd", "SGD with momentum 0.9 (reference) or Adam",
                            choices=OPTIMIZERS)
-    learning_rate: float = field(1e-3, "initial learning rate")
+    learning_rate: float = field(1e-3, "initial learning rate (the reference trainer runs "
+                                 "1e-4: its --lr flag never reaches its optimizer)")
     lr_decay_rate: float = field(0.95, "multiply the learning rate by this every "
                                  "--lr_decay_steps steps")
     lr_decay_steps: int = field(3333, "steps between learning-rate decays, whatever "
@@ -188,6 +246,16 @@ class TrainConfig:
     weight_decay: float = field(1e-5, "PyTorch-style (L2, through momentum) weight decay on "
                                 "all trainable variables, as the reference's SGD")
     seed: int = field(0, "seed of the weights, the data order and the windows")
+
+    @classmethod
+    def syncnet_trainer(cls, **overrides: Any) -> "TrainConfig":
+        """The schedule the reference trainer runs with its README's command
+        (`--temporal_stride 2 --maxFrames 50`): batch 30, 50-frame windows, SGD momentum 0.9 at
+        1e-4, x0.95 every 3,333 steps, coupled weight decay 1e-5."""
+        values = dict(batch_tracks=30, window_frames=50, optimizer="sgd",
+                      learning_rate=REFERENCE_LEARNING_RATE, lr_decay_rate=0.95,
+                      lr_decay_steps=3333, weight_decay=1e-5)
+        return cls(**{**values, **overrides})
 
     def __post_init__(self) -> None:
         check_choice(self, "optimizer")

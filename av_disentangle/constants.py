@@ -42,6 +42,11 @@ AUDIO = "audio"
 AUDIO_2 = "audio_2"
 """(B, T * SAMPLES_PER_FRAME) float32: a different window of the same track (identity term)."""
 
+FACE_STEP = "face_step"
+"""() int32, optional: the time step whose face identity embedding the identity task uses for
+the whole batch (default: one drawn at random per batch, as the reference trainer); given to
+reproduce a draw, e.g. the reference's in `tests/test_parity.py`."""
+
 TRACK_ID = "track_id"
 """(B,) string: the track of each row (only with `InputConfig.include_ids`)."""
 

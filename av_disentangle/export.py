@@ -3,11 +3,12 @@
 Signatures (all TF ops, so `tensorflow_model_server` and `saved_model_cli run` can use them):
 - `serving_default` / `embed_audio`: waveform (B, S) float32 16 kHz mono, sample_rate () int32
    -> embedding (B, D) float32, L2-normalised speaker embedding (time-mean of the audio
-   identity head). S >= MIN_SAMPLES; sample_rate must be 16000.
+   identity head's steps, `losses.time_pool`; of its raw steps for a model converted from the
+   reference, as its evaluation). S >= MIN_SAMPLES; sample_rate must be 16000.
 - `embed_face`: frames (B, T, H, W, 3) uint8, T >= 5 -> embedding (B, D) face identity.
 - `content`: waveform, sample_rate -> content (B, T', D) audio content sequence.
 - `face_content`: frames -> content (B, T', D) face content sequence; a clip of T frames and
-   T * 640 samples gives the same T' in both.
+   T * 640 samples gives the same T' in both. Content sequences are L2-normalised per step.
 Every signature checks its input in the graph (also behind TF Serving, which does not check
 shapes) and fails with InvalidArgumentError and a message naming the problem: wrong rank
 (expected (batch, samples) / (batch, time, H, W, 3)), sample_rate != 16000, too short, or NaN/Inf
@@ -108,6 +109,11 @@ def build_export_archive(face_stream: keras.Model, audio_stream: keras.Model,
                  tf.TensorSpec([], tf.int32, name="sample_rate")]
     frames_spec = [tf.TensorSpec([None, None, size, size, 3], tf.uint8, name="frames")]
 
+    def unit_steps(sequence):  # the contract: content sequences are L2-normalised per step
+        if config.normalize_steps:
+            return sequence
+        return tf.math.l2_normalize(sequence, axis=-1, epsilon=1e-12)
+
     def embed_audio(waveform, sample_rate):
         with tf.control_dependencies(_check_waveform(waveform, sample_rate)):
             identity = audio_stream(tf.identity(waveform), training=False)[IDENTITY]
@@ -115,7 +121,8 @@ def build_export_archive(face_stream: keras.Model, audio_stream: keras.Model,
 
     def audio_content(waveform, sample_rate):
         with tf.control_dependencies(_check_waveform(waveform, sample_rate)):
-            return {"content": audio_stream(tf.identity(waveform), training=False)[CONTENT]}
+            content = audio_stream(tf.identity(waveform), training=False)[CONTENT]
+        return {"content": unit_steps(content)}
 
     def embed_face(frames):
         with tf.control_dependencies(_check_frames(frames)):
@@ -124,7 +131,8 @@ def build_export_archive(face_stream: keras.Model, audio_stream: keras.Model,
 
     def face_content(frames):
         with tf.control_dependencies(_check_frames(frames)):
-            return {"content": face_stream(tf.identity(frames), training=False)[CONTENT]}
+            content = face_stream(tf.identity(frames), training=False)[CONTENT]
+        return {"content": unit_steps(content)}
 
     archive.add_endpoint("serving_default", embed_audio, input_signature=wave_spec)
     archive.add_endpoint("embed_audio", embed_audio, input_signature=wave_spec)
@@ -164,9 +172,11 @@ def _move_folder(tmp_dir: str, export_dir: str) -> None:
 
 
 def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
-                       config: ModelConfig, export_dir: str) -> str:
+                       config: ModelConfig, export_dir: str,
+                       extra_json: dict[str, dict] | None = None) -> str:
     """Writes the SavedModel to `export_dir` (a versioned dir, local or remote) plus
-    `model_config.json`."""
+    `model_config.json` and any `extra_json` files (name -> JSON object), all inside the
+    folder before it gets its final name."""
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"export directory {export_dir} already exists; TF Serving "
                               "versions are immutable, pick a new version")
@@ -176,6 +186,9 @@ def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
     build_export_archive(face_stream, audio_stream, config).write_out(tmp_dir, verbose=False)
     with tf.io.gfile.GFile(os.path.join(tmp_dir, "model_config.json"), "w") as f:
         json.dump(to_dict(config), f, indent=2)
+    for name, value in (extra_json or {}).items():
+        with tf.io.gfile.GFile(os.path.join(tmp_dir, name), "w") as f:
+            json.dump(value, f, indent=2)
     _move_folder(tmp_dir, export_dir)  # a half-written export never looks complete
     log.info("exported SavedModel to %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir

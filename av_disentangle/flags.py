@@ -19,8 +19,9 @@ import os
 import sys
 from typing import Any, Sequence
 
-from av_disentangle.config import (MODEL_SIZES, LossConfig, ModelConfig, TrainConfig,
-                                   add_flags, check_choice, field, from_flags, to_dict)
+from av_disentangle.config import (FRONT_ENDS, MODEL_SIZES, LossConfig, ModelConfig,
+                                   TrainConfig, add_flags, check_choice, field, from_flags,
+                                   to_dict)
 from av_disentangle.logs import native_stderr_silenced
 from av_disentangle.supervised_config import SupervisedConfig
 
@@ -63,6 +64,16 @@ class RunConfig:
     model_size: str = field("small", "stream sizes (config.ModelConfig)",
                             choices=tuple(sorted(MODEL_SIZES)))
     face_size: int | None = field(None, "override the model size's face crop size", type=int)
+    front_end: str | None = field(
+        None, "override the model size's log-mel front end (features.py): centered (ours), "
+        "syncnet_trainer (the reference's), tf_mel_v1 (models trained before 2026-12: pass it "
+        "to resume such a run)", type=str, choices=FRONT_ENDS)
+    init_from: str = field(
+        "", "start from pretrained weights: a self-supervised run dir (its latest "
+        "checkpoints/epoch-NNN.weights.h5), one such file, an exported SavedModel, or a "
+        "joonson/syncnet_trainer checkpoint (.model/.pt/.pth with torch, or .npz; needs "
+        "--model_size syncnet_trainer). Both objectives; a resumed run restores its backup "
+        "over it")
     mixed_precision: str = field(
         "none", "mixed-precision compute (GPUs: float16 with loss scaling; TPUs/new GPUs: "
         "bfloat16); losses and features stay float32", choices=MIXED_PRECISION)
@@ -70,6 +81,12 @@ class RunConfig:
                                         "only); a resume continues from the exact step")
     log_every_steps: int = field(10, "TensorBoard batch_* scalars every N steps (and at each "
                                  "epoch end; 0: at each epoch end only)")
+    allow_upsampling: bool = field(False, "resize stored face crops smaller than the model's "
+                                   "face size up to it (default: refused, naming the shard)")
+    all_chunks_per_pass: bool = field(
+        False, "read every chunk of every track in each pass of chunked data (default: one "
+        "chunk per track per pass in expectation, as the reference draws each track once per "
+        "epoch; pipelines.input.InputConfig)")
     skip_bad_shards: bool = field(False, "train on the good shards when some are truncated or "
                                   "corrupt (default: stop and name them)")
     full_shard_check: bool = field(False, "verify every record's checksum at start (reads all "
@@ -247,6 +264,8 @@ def resolve_configs(args: argparse.Namespace) -> tuple[ModelConfig, LossConfig, 
     model_config = MODEL_SIZES[args.model_size]()
     if args.face_size:
         model_config = dataclasses.replace(model_config, face_size=args.face_size)
+    if args.front_end:
+        model_config = dataclasses.replace(model_config, front_end=args.front_end)
     return model_config, from_flags(LossConfig, args), from_flags(TrainConfig, args)
 
 

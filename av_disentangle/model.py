@@ -22,7 +22,7 @@ import tensorflow as tf
 from av_disentangle import compat, losses
 from av_disentangle.config import LossConfig, ModelConfig
 # Keys of the input batch: FRAMES (B, T, H, W, 3) uint8, AUDIO and AUDIO_2 (B, T * 640) float32.
-from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES
+from av_disentangle.constants import AUDIO, AUDIO_2, FACE_STEP, FRAMES
 from av_disentangle.disentangle import WrongFactorTasks, make_disentangler
 from av_disentangle.layers import ScaledCosine
 from av_disentangle.streams import CONTENT, IDENTITY, build_audio_stream, build_face_stream
@@ -134,36 +134,45 @@ class DisentangleModel(TrackedModel):
             out["audio_identity_2"] = audio_2[IDENTITY]
         return {k: tf.cast(v, tf.float32) for k, v in out.items()}  # float32 losses
 
-    def _face_identity(self, face_identity: tf.Tensor, training: bool) -> tf.Tensor:
-        """(B, T', D) -> (B, D): one random step (reference code) or the time mean."""
+    def _face_identity(self, face_identity: tf.Tensor, training: bool,
+                       face_step: tf.Tensor | None = None) -> tf.Tensor:
+        """(B, T', D) unit steps -> (B, D): in training one time step for the whole batch,
+        drawn at random (the reference: `ri = random.randint(0, time_size - 1)`, SyncNetDist.py
+        train_network) unless `face_step` gives it, or the time mean."""
         if self.loss_config.face_identity_pooling == "mean" or not training:
             return losses.time_pool(face_identity)
-        shape = tf.shape(face_identity)
-        steps = tf.random.uniform([shape[0]], 0, shape[1], dtype=tf.int32)
-        return losses.select_steps(face_identity, steps)
+        if face_step is None:
+            face_step = tf.random.uniform([], 0, tf.shape(face_identity)[1], dtype=tf.int32)
+        return tf.gather(face_identity, tf.cast(face_step, tf.int32), axis=1)
 
     def compute_losses(self, batch: dict[str, tf.Tensor], training: bool) -> Losses:
-        """All loss terms and accuracies for one batch (see `Losses`)."""
+        """All loss terms and accuracies for one batch (see `Losses`). A `FACE_STEP` entry of
+        the batch fixes the time step of the face identity embedding (default: random)."""
         cfg = self.loss_config
-        out = self(batch, training=training)
+        raw = self(batch, training=training)
+        # Per-step terms take cosines of unit steps; time pooling averages the streams' own
+        # steps (raw ones with `normalize_steps=False`, as the reference's voice identity).
+        out = raw if self.model_config.normalize_steps else {
+            k: tf.math.l2_normalize(v, axis=-1, epsilon=1e-12) for k, v in raw.items()}
         face_content, face_identity = out["face_content"], out["face_identity"]  # (B, T', D)
         audio_content, audio_identity = out["audio_content"], out["audio_identity"]
         # The identity task's voice comes from window 2 when the batch has one.
-        audio_content_2 = out.get("audio_content_2", audio_content)
-        audio_identity_2 = out.get("audio_identity_2", audio_identity)
+        voice_content_steps = raw.get("audio_content_2", raw["audio_content"])
+        voice_identity_steps = raw.get("audio_identity_2", raw["audio_identity"])
 
         content_logits = losses.content_logits(face_content, audio_content,
                                                self.content_similarity)  # (B, T', T')
         content = losses.content_loss(content_logits)
-        identity = self.identity_loss(self._face_identity(face_identity, training),
-                                      losses.time_pool(audio_identity_2))
+        identity = self.identity_loss(
+            self._face_identity(face_identity, training, batch.get(FACE_STEP)),
+            losses.time_pool(voice_identity_steps))
 
         # The wrong factor on each task: identity embeddings on the content task (per step,
         # within track) and time-pooled content embeddings on the identity task (across tracks,
         # against the identity loss's negatives: all-gathered when it gathers, so the term
         # equals the one-device term on the global batch).
-        pooled_face_content = losses.time_pool(face_content)  # (B, D)
-        voice_content = self.identity_loss.negatives(losses.time_pool(audio_content_2))
+        pooled_face_content = losses.time_pool(raw["face_content"])  # (B, D)
+        voice_content = self.identity_loss.negatives(losses.time_pool(voice_content_steps))
         tasks = WrongFactorTasks(
             face_identity=face_identity, audio_identity=audio_identity,
             pooled_face_content=pooled_face_content, voice_content=voice_content,

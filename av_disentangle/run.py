@@ -26,8 +26,9 @@ import keras
 import tensorflow as tf
 
 from av_disentangle import checkpoints, compat, files
-from av_disentangle.config import ModelConfig
+from av_disentangle.config import LEGACY_MODEL_VALUES, ModelConfig
 from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
+from av_disentangle.pretrained import check_init_from, load_streams
 from av_disentangle.training import (NonFiniteLoss, UsageError, is_chief, make_optimizer,
                                      make_strategy, worker_index)
 
@@ -37,7 +38,7 @@ log = logging.getLogger("train")
 # variables or the loss (a mismatch would not load, or would silently train something else).
 # The rest (epochs, steps, learning rate, data, verbosity, ...) may change between runs.
 RESUME_KEYS = {"model": None, "loss": None, "train": ("optimizer", "window_frames", "batch_tracks"),
-               "flags": ("mixed_precision", "objective"),
+               "flags": ("mixed_precision", "objective", "init_from"),
                "supervised": ("labelled_audio", "labels_per_speaker", "num_speakers",
                               "label_seed", "head", "aam_margin", "aam_scale", "freeze_trunk",
                               "init_from")}
@@ -54,6 +55,8 @@ def config_differences(stored: dict, new: dict) -> list[str]:
     diffs = []
     for section, keys in RESUME_KEYS.items():
         old_values, new_values = stored.get(section) or {}, new.get(section) or {}
+        if section == "model" and old_values:  # fields the stored run predates
+            old_values = {**LEGACY_MODEL_VALUES, **old_values}
         names = sorted(set(old_values) | set(new_values)) if keys is None else keys
         for name in names:
             if keys is not None and name not in old_values:
@@ -132,7 +135,6 @@ def load_supervised(settings: Settings):
     """`--objective supervised`: the LabelledAudio with the label budget drawn and the audio
     decoded, and `--init_from` checked against this model size. Raises ValueError /
     UsageError with a one-line message; writes nothing."""
-    from av_disentangle.supervised import check_init_from
     from pipelines.labelled import load_labelled_audio
 
     config = settings.supervised
@@ -157,6 +159,8 @@ class Plan:
     Attributes:
       train_files, val_files: shard patterns (self-supervised; None for supervised).
       labelled: the decoded LabelledAudio (supervised; None otherwise).
+      init_source: the checked `--init_from` of a self-supervised run (None otherwise; a
+        supervised run's is checked in `load_supervised` and loaded by its model builder).
     """
 
     resolved: dict[str, Any]
@@ -164,6 +168,7 @@ class Plan:
     train_files: str | None
     val_files: str | None
     labelled: Any = None
+    init_source: Any = None  # pretrained.PretrainedSource of a self-supervised --init_from
 
 
 def prepare(settings: Settings) -> Plan:
@@ -181,12 +186,21 @@ def prepare(settings: Settings) -> Plan:
             check_data_service(settings.run.data_service)
         check_model_dir(settings.run.model_dir, resolved)
         run = settings.run
+        init_source = None
+        if run.init_from:
+            init_source = check_init_from(run.init_from, settings.model)
         train_data = run.train_data or default_train_data(settings.model.face_size)
         train_files = checked_shards(train_data, "--train_data", run.skip_bad_shards,
                                      run.full_shard_check)
         val_files = run.val_data and checked_shards(run.val_data, "--val_data",
                                                     run.skip_bad_shards, run.full_shard_check)
-        return Plan(resolved, train_data, train_files, val_files)
+        if not run.allow_upsampling:
+            from pipelines.input import check_stored_face_size, list_shards
+
+            for pattern in (train_files, val_files or None):
+                if pattern:
+                    check_stored_face_size(list_shards(pattern), settings.model.face_size)
+        return Plan(resolved, train_data, train_files, val_files, init_source=init_source)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from e
 
@@ -230,6 +244,8 @@ def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras
             from av_disentangle.model import DisentangleModel
 
             model = DisentangleModel(settings.model, settings.loss)
+            if plan.init_source is not None:
+                load_streams(model.face_stream, model.audio_stream, plan.init_source, model)
         model.compile(optimizer=make_optimizer(settings.train))
         compat.build_optimizer(model)  # before a backup restore: see compat.build_optimizer
     return strategy, model
@@ -254,7 +270,9 @@ def dataset_maker(settings: Settings, plan: Plan, pattern: str | None,
                 crop_seconds=settings.supervised.crop_seconds, seed=train.seed + step))
         config = InputConfig(pattern, batch_tracks=train.batch_tracks,
                              window_frames=train.window_frames,
-                             face_size=settings.model.face_size, seed=train.seed + step)
+                             face_size=settings.model.face_size, seed=train.seed + step,
+                             all_chunks_per_pass=settings.run.all_chunks_per_pass,
+                             allow_upsampling=settings.run.allow_upsampling)
         if data_service:
             from pipelines.data_service import dataset_key, distribute
 

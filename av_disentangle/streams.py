@@ -70,12 +70,28 @@ def _bn_relu(x, name: str):
 
 
 def _head(x, config: ModelConfig, name: str):
-    """Two 1x1 temporal convs + L2 norm: (B, T', trunk_dim) -> (B, T', D), unit norm.
+    """Two 1x1 temporal convs: (B, T', trunk_dim) -> (B, T', D) float32, L2-normalised per
+    step when `config.normalize_steps` (else raw, as the reference's heads).
     Reference l.41-66: Conv1d(512, 512, 1), BatchNorm1d, ReLU, Conv1d(512, nOut, 1)."""
     x = layers.Conv1D(config.head_hidden, 1, name=f"{name}_fc7")(x)
     x = _bn_relu(x, f"{name}_fc7")
     x = layers.Conv1D(config.embedding_dim, 1, name=f"{name}_fc8")(x)
-    return L2Normalize(name=f"{name}_l2")(x)
+    if config.normalize_steps:
+        return L2Normalize(name=f"{name}_l2")(x)
+    return layers.Activation("linear", dtype="float32", name=f"{name}_raw")(x)
+
+
+@keras.saving.register_keras_serializable(package="av_disentangle")
+class BgrPixels(keras.layers.Layer):
+    """(B, T, H, W, 3) uint8 RGB -> the same frames in BGR order as floats 0..255, the
+    reference's face input (syncnet_trainer dataLoader.get_frames: OpenCV's BGR frames, cast
+    to float, no scaling); `ModelConfig.face_pixels == "bgr_255"`."""
+
+    def call(self, frames):
+        return tf.cast(tf.reverse(frames, axis=[-1]), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 @keras.saving.register_keras_serializable(package="av_disentangle")
@@ -151,15 +167,19 @@ def build_face_stream(config: ModelConfig, num_frames: int | None = None) -> ker
 
     Input `frames`: (B, T, H, W, 3) uint8 RGB face crops at 25 fps, H = W = config.face_size,
     T >= 5 (`num_frames` fixes T in the model's static shapes; default any). Outputs a dict:
-    `content` and `identity`, each (B, T', D), L2-normalised per step. Inside, the reference's
+    `content` and `identity`, each (B, T', D) float32, L2-normalised per step (raw with
+    `normalize_steps=False`). Inside, the reference's
     Conv3d/MaxPool3d layers run as 2-D layers on (B * T', H, W, C) (see `FoldTime`).
     """
     c1, c2, c3, c4, c5 = config.face_channels
     size, stride = config.face_size, config.temporal_stride
     frames = keras.Input((num_frames, size, size, 3), dtype="uint8", name="frames")
     # l.70 Conv3d (5,7,7) stride (stride,2,2) pad 0 = fold 5 frames, Conv2D 7x7 / 2.
-    x = FoldTime(5, stride, name="face_fold")(frames)  # (B * T', H, W, 15)
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="face_rescale")(x)
+    if config.face_pixels == "bgr_255":
+        x = FoldTime(5, stride, name="face_fold")(BgrPixels(name="face_bgr")(frames))
+    else:
+        x = FoldTime(5, stride, name="face_fold")(frames)  # (B * T', H, W, 15)
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="face_rescale")(x)
     x = _conv2d(x, c1, (7, 7), "face_conv1", strides=(2, 2))
     x = layers.MaxPool2D(3, strides=2, name="face_pool1")(x)  # l.73 (1,3,3) / (1,2,2)
     x = _conv2d(x, c2, (5, 5), "face_conv2", strides=(2, 2), pad=(1, 1))  # l.75
@@ -182,14 +202,18 @@ def build_audio_stream(config: ModelConfig, num_frames: int | None = None) -> ke
     Input `waveform`: (B, S) float32 16 kHz mono; S = SAMPLES_PER_FRAME * T (640 * T) for a
     window of T video frames (extra samples past a whole video frame are dropped; `num_frames`
     fixes S in the model's static shapes; default any). Log-mel features are computed in the
-    graph. Outputs a dict: `content` and `identity`, each (B, T', D), L2-normalised per step.
+    graph. Outputs a dict: `content` and `identity`, each (B, T', D) float32, L2-normalised per
+    step (raw with `normalize_steps=False`).
     """
     c1, c2, c3, c4, c5 = config.audio_channels
     samples = None if num_frames is None else SAMPLES_PER_FRAME * num_frames
     waveform = keras.Input((samples,), dtype="float32", name="waveform")
-    # Whole video frames of log-mel frames: (B, MEL_FRAMES_PER_VIDEO_FRAME * T, M) = (B, 4T, M).
-    x = LogMelSpectrogram(config.num_mels, frames_multiple_of=MEL_FRAMES_PER_VIDEO_FRAME,
-                          name="log_mel")(waveform)
+    # Whole video frames of log-mel frames: (B, MEL_FRAMES_PER_VIDEO_FRAME * T, M) = (B, 4T, M);
+    # the reference's front end keeps all its S // 160 - 1 frames (4T - 1 for T video frames,
+    # which its floor-mode pools turn into the same T' steps as 4T).
+    multiple = 1 if config.front_end == "syncnet_trainer" else MEL_FRAMES_PER_VIDEO_FRAME
+    x = LogMelSpectrogram(config.num_mels, frames_multiple_of=multiple,
+                          front_end=config.front_end, name="log_mel")(waveform)
     x = layers.Reshape((-1, config.num_mels, 1), name="audio_add_channel")(x)  # (B, 4T, M, 1)
     # Kernels, strides and pads below are (time, mel): the reference's (mel, time) swapped.
     x = _conv2d(x, c1, (7, 5), "audio_conv1", pad=(2, 2))  # l.13

@@ -27,7 +27,8 @@ class SupervisedConfig:
       aam_margin, aam_scale: m (radians) and s of the AAM head (voxceleb_trainer /
         wespeaker: 0.2 and 30).
       freeze_trunk: train only the identity head and the classifier (see module docstring).
-      init_from: self-supervised run dir, its weights file, or SavedModel dir ("" = scratch).
+      init_from: self-supervised run dir, its weights file, SavedModel dir or syncnet_trainer
+        checkpoint ("" = scratch; `pretrained.py`).
       crop_seconds: length of the random training crops.
     """
 
@@ -42,8 +43,9 @@ class SupervisedConfig:
     aam_scale: float = _field(30.0, "AAM scale s")
     freeze_trunk: bool = _field(False, "train only the audio identity head and the classifier "
                                 "(the trunk keeps its init weights and BatchNorm statistics)")
-    init_from: str = _field("", "self-supervised run dir (its latest checkpoints/epoch-NNN."
-                            "weights.h5), one such weights file, or an exported SavedModel")
+    # The flag is train.py's --init_from (flags.RunConfig, both objectives); this field
+    # carries its value for a supervised run.
+    init_from: str = _field("", "see RunConfig.init_from", flag=False)
     crop_seconds: float = _field(2.0, "length of the random training crops")
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import struct
 import sys
 from typing import Iterator, Sequence
 
@@ -76,6 +77,15 @@ class InputConfig:
       include_ids: add `track_id` and `video_id` (B,) string tensors to each batch.
         Off for training: string tensors need not go to an accelerator, and older TF
         versions failed to copy them to GPUs under MirroredStrategy (tensorflow#35356).
+      all_chunks_per_pass: read every chunk of every track in each pass. Default (False): a
+        chunk of a track of n chunks is kept in a pass with probability 1 / n, drawn afresh
+        every pass, so each track gives one record per pass in expectation, whatever its
+        length: the reference draws each track once per epoch (one random window;
+        syncnet_trainer DatasetLoader.py), where keeping all chunks would draw a 20 s track
+        5 times as often as a 4 s one (data prepared with `--chunk_seconds 4`).
+      allow_upsampling: resize stored faces smaller than `face_size` up to it. Default: refused
+        (`check_stored_face_size`, and in the graph): a model trained on upsampled faces sees
+        half-resolution crops at 4x the cost of preparing at its size.
     """
 
     file_pattern: str
@@ -89,6 +99,8 @@ class InputConfig:
     distinct_videos: bool = True
     video_group_batches: int = 4
     include_ids: bool = False
+    all_chunks_per_pass: bool = False
+    allow_upsampling: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_tracks", "window_frames", "face_size", "shuffle_buffer",
@@ -98,7 +110,8 @@ class InputConfig:
 
 
 # Metadata read without decoding a track (batch assembly and statistics).
-META_SPEC = {k: records.FEATURE_SPEC[k] for k in ("num_frames", "track_id", "video_id")}
+META_SPEC = {k: records.FEATURE_SPEC[k] for k in ("num_frames", "track_id", "video_id",
+                                                   "num_chunks", "height", "width")}
 META_SPEC["identity"] = tf.io.FixedLenFeature([], tf.string, default_value="")
 
 
@@ -168,6 +181,35 @@ def check_prepared_format(files: Sequence[str]) -> None:
                     "pipelines.prepare ... --output DIR; a rerun into its folder rewrites it)")
 
 
+def check_stored_face_size(files: Sequence[str], face_size: int) -> None:
+    """Raises ValueError naming the first shard whose face crops are stored smaller than
+    `face_size` (the input would upsample them; `InputConfig.allow_upsampling`). Reads the
+    first record of the first shard of each folder (a prepared folder has one size)."""
+    by_dir: dict[str, str] = {}
+    for f in sorted(files):
+        by_dir.setdefault(os.path.dirname(f), f)
+    for path in by_dir.values():
+        # Read with gfile and protobuf, not tf.data: this runs before the distribution
+        # strategy is made, which must come before TensorFlow's runtime starts.
+        with tf.io.gfile.GFile(path, "rb") as fh:
+            header = fh.read(12)
+            if len(header) < 12:
+                continue  # empty or truncated: the shard check names it
+            data = fh.read(struct.unpack("<Q", header[:8])[0])
+        feature = tf.train.Example.FromString(data).features.feature
+        if "height" not in feature or "width" not in feature:
+            continue
+        height = feature["height"].int64_list.value[0]
+        width = feature["width"].int64_list.value[0]
+        if min(height, width) < face_size:
+            raise ValueError(
+                f"{path} stores {height}x{width} face crops, smaller than the model's "
+                f"face size {face_size}: the input would upsample them (half-resolution "
+                "faces at the cost of full ones). Prepare the data at the model's size "
+                f"(python -m pipelines.prepare ... --face_size {face_size}), pick a "
+                "smaller --face_size, or pass --allow_upsampling")
+
+
 def _uniform_int(seed: tf.Tensor | None, maxval: tf.Tensor) -> tf.Tensor:
     """One int in [0, maxval) from a stateless seed (2,), or stateful if seed is None."""
     maxval = tf.cast(maxval, tf.int64)
@@ -229,9 +271,18 @@ def fixed_windows(frames: np.ndarray, audio: np.ndarray,
         yield start, frames[frame_slice], audio[audio_slice]
 
 
-def _decode_window(jpegs: tf.Tensor, start: tf.Tensor, window: int, size: int) -> tf.Tensor:
-    """Decodes only the window's JPEGs: (F,) string -> (window, size, size, 3) uint8."""
+def _decode_window(jpegs: tf.Tensor, start: tf.Tensor, window: int, size: int,
+                   allow_upsampling: bool = False) -> tf.Tensor:
+    """Decodes only the window's JPEGs: (F,) string -> (window, size, size, 3) uint8; stored
+    crops smaller than `size` fail (InvalidArgumentError) unless `allow_upsampling`."""
     frames = records.decode_frames(jpegs[window_slices(start, window)[0]])
+    if not allow_upsampling:
+        stored = tf.shape(frames)[1:3]
+        with tf.control_dependencies([tf.debugging.assert_greater_equal(
+                tf.reduce_min(stored), size, message=(
+                    f"stored face crops are smaller than face_size {size}: upsampling refused "
+                    "(prepare the data at the model's face size, or allow_upsampling)"))]):
+            frames = tf.identity(frames)
     if frames.shape[1] != size or frames.shape[2] != size:
         frames = tf.cast(tf.image.resize(frames, [size, size], method="area",
                                          antialias=True) + 0.5, tf.uint8)
@@ -253,7 +304,8 @@ def make_example_fn(config: InputConfig):
         audio = records.decode_audio(ex["audio"])
         audio_1 = tf.ensure_shape(audio[window_slices(start_1, window)[1]], [samples])
         audio_2 = tf.ensure_shape(audio[window_slices(start_2, window)[1]], [samples])
-        out = {FRAMES: _decode_window(ex["frames"], start_1, window, config.face_size),
+        out = {FRAMES: _decode_window(ex["frames"], start_1, window, config.face_size,
+                                      config.allow_upsampling),
                AUDIO: audio_1, AUDIO_2: audio_2}
         if config.include_ids:
             out[TRACK_ID] = ex["track_id"]
@@ -263,14 +315,20 @@ def make_example_fn(config: InputConfig):
     return fn
 
 
-def _with_video_key(window: int):
-    """serialized -> (serialized, key, long_enough): key = int64 hash of the video id
-    (the track id when the video id is empty), so equal videos have equal keys."""
-    def fn(serialized):
+def _with_video_key(window: int, all_chunks: bool = True):
+    """(serialized, draw) -> (serialized, key, keep): key = int64 hash of the video id (the
+    track id when the video id is empty), so equal videos have equal keys; keep = long enough
+    for a window and, unless `all_chunks`, the chunk drawn for this pass: `draw` (an int64 from
+    a random stream re-drawn every pass) below 1 / num_chunks."""
+    def fn(serialized, draw):
         meta = tf.io.parse_single_example(serialized, META_SPEC)
         video = tf.where(meta["video_id"] != "", meta["video_id"], meta["track_id"])
         key = tf.strings.to_hash_bucket_fast(video, 2 ** 62)  # >= 0; -1 marks a free slot
-        return serialized, key, meta["num_frames"] >= window
+        keep = meta["num_frames"] >= window
+        if not all_chunks:
+            uniform = tf.cast(draw % (2 ** 30), tf.float64) / 2 ** 30  # [0, 1)
+            keep &= uniform * tf.cast(tf.maximum(meta["num_chunks"], 1), tf.float64) < 1.0
+        return serialized, key, keep
     return fn
 
 
@@ -317,7 +375,8 @@ def record_batches(config: InputConfig) -> tf.data.Dataset:
     """One pass of batch assembly: elements are (B,) serialized records, B = batch_tracks.
 
     Shards (order shuffled each pass) are read round-robin, `interleave_shards` at a time;
-    tracks shorter than the window are skipped; records are shuffled in a
+    tracks shorter than the window are skipped, and so are the chunks not drawn for this pass
+    (`InputConfig.all_chunks_per_pass`); records are shuffled in a
     `shuffle_buffer`; batches are made here, before any repeat, so no batch holds a track
     twice. With `distinct_videos`, each group of k * B shuffled records
     (k = video_group_batches) is dealt into k batches with no video twice in a batch
@@ -337,8 +396,11 @@ def record_batches(config: InputConfig) -> tf.data.Dataset:
         ds = ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle,
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(_with_video_key(config.window_frames), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    # One draw per record, different in every pass (the chunk sampling of InputConfig).
+    draws = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(ds, draws)
+    ds = ds.map(_with_video_key(config.window_frames, config.all_chunks_per_pass),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.filter(lambda serialized, key, keep: keep)
     ds = ds.map(lambda serialized, key, keep: (serialized, key))
     ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)

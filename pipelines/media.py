@@ -59,6 +59,8 @@ class DecodedClip:
       source_sample_rate, source_channels: of the first audio stream before conversion.
       source_num_frames: number of video frames actually decoded (before resampling).
       av_offset_frames: offset applied to the audio (see `records.py` for the convention).
+      first_frame: source frames dropped at the start because the offset left them without
+        audio (`heard_frames`): frame i here is frame i + first_frame of the source.
     """
 
     frames: np.ndarray
@@ -68,6 +70,7 @@ class DecodedClip:
     source_channels: int = 0
     source_num_frames: int = 0
     av_offset_frames: int = 0
+    first_frame: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -110,6 +113,24 @@ def shift_audio(audio: np.ndarray, offset_frames: int) -> np.ndarray:
         if -shift < n:
             out[: n + shift] = audio[-shift:]
     return out
+
+
+def heard_frames(num_frames: int, num_samples: int, offset_frames: int) -> tuple[int, int]:
+    """The frames [first, stop) whose sound `shift_audio(audio, offset_frames)` kept: the
+    others got its zero fill. With offset k > 0 the first k frames have no audio (their sound
+    is before the file's start), with k < 0 the last |k| frames of the audio's length.
+
+    The reference trainer draws its windows only there (syncnet_trainer DatasetLoader.py:
+    `firststart = 2 - min(offset, 0)`, `laststart = len - max(offset, 0) - (T + 2)`); keeping
+    the zero-filled frames would train the sync task on silence for them.
+
+    Args:
+      num_frames: F, video frames; num_samples: S, audio samples before the shift.
+    """
+    first = max(offset_frames, 0)
+    stop = min(num_frames, (num_samples + min(offset_frames, 0) * SAMPLES_PER_FRAME)
+               // SAMPLES_PER_FRAME)
+    return first, max(stop, first)
 
 
 def reconcile_lengths(
@@ -281,14 +302,22 @@ def _decode_open(container, path: str, av_offset_frames: int, max_side: int | No
         audio = audio[-lead:]
 
     warnings = []
+    first = 0
     if av_offset_frames:
-        audio = shift_audio(audio, av_offset_frames)
+        first, stop = heard_frames(frames_arr.shape[0], audio.shape[0], av_offset_frames)
+        valid_end = audio.shape[0] + min(av_offset_frames, 0) * SAMPLES_PER_FRAME
+        audio = shift_audio(audio, av_offset_frames)[first * SAMPLES_PER_FRAME:valid_end]
+        frames_arr = frames_arr[first:stop]  # no frame keeps the shift's zero fill
+        if frames_arr.shape[0] == 0:
+            raise MediaError(path, "empty", f"no frame has audio after applying the AV "
+                                            f"offset of {av_offset_frames} frames")
     frames_arr, audio, warning = reconcile_lengths(frames_arr, audio, max_mismatch_frames)
     if warning:
         warnings.append(warning)
     return DecodedClip(frames=frames_arr, audio=audio, warnings=tuple(warnings),
                        source_sample_rate=src_rate, source_channels=src_channels,
-                       source_num_frames=decoded, av_offset_frames=int(av_offset_frames))
+                       source_num_frames=decoded, av_offset_frames=int(av_offset_frames),
+                       first_frame=first)
 
 
 def decode_audio_file(path: str, sample_format: str = "s16") -> np.ndarray:

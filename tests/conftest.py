@@ -37,10 +37,11 @@ def write_random_shard(path: str, num_tracks: int, face_size: int = 32, min_fram
 
 @pytest.fixture(scope="session")
 def random_shards(tmp_path_factory) -> str:
-    """Glob of 2 shards x 6 random tracks, 32x32 faces, 30..45 frames."""
+    """Glob of 2 shards x 6 random tracks, 64x64 faces (the tiny/small models'), 30..45 frames."""
     root = tmp_path_factory.mktemp("random_shards")
     for shard in range(2):
-        write_random_shard(str(root / f"shard-{shard:05d}-of-00002.tfrecord"), 6, seed=shard)
+        write_random_shard(str(root / f"shard-{shard:05d}-of-00002.tfrecord"), 6, face_size=64,
+                           seed=shard)
     return str(root / "*.tfrecord")
 
 

@@ -54,7 +54,7 @@ def test_two_workers_and_two_trainers_get_distinct_batches_of_distinct_tracks(
     from pipelines.input import InputConfig, make_dataset
 
     dispatcher, workers = service
-    config = InputConfig(random_shards, batch_tracks=4, window_frames=15, face_size=32, seed=0,
+    config = InputConfig(random_shards, batch_tracks=4, window_frames=15, face_size=64, seed=0,
                          include_ids=True)
     key = data_service.dataset_key(config, "runs/test")
     trainers = [data_service.distribute(make_dataset(config), dispatcher.target, key)
@@ -81,10 +81,10 @@ def test_dataset_key_is_shared_by_equal_inputs_and_changes_with_anything_else(ra
 
     from pipelines.input import InputConfig
 
-    config = InputConfig(random_shards, batch_tracks=4, window_frames=15, face_size=32)
+    config = InputConfig(random_shards, batch_tracks=4, window_frames=15, face_size=64)
     key = data_service.dataset_key(config, "/runs/a")
     assert key == data_service.dataset_key(InputConfig(random_shards, batch_tracks=4,
-                                                       window_frames=15, face_size=32), "/runs/a")
+                                                       window_frames=15, face_size=64), "/runs/a")
     for name in ("seed", "batch_tracks", "window_frames", "face_size", "video_group_batches"):
         other = dataclasses.replace(config, **{name: getattr(config, name) + 1})
         assert data_service.dataset_key(other, "/runs/a") != key, name

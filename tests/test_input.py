@@ -7,7 +7,8 @@ import tensorflow as tf
 from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES
 from conftest import write_random_shard
 from pipelines import records
-from pipelines.input import InputConfig, list_shards, make_dataset, window_starts
+from pipelines.input import (InputConfig, check_stored_face_size, list_shards, make_dataset,
+                             record_batches, window_starts)
 
 
 def _marked_shard(path, num_tracks=6, frames=40):
@@ -45,7 +46,7 @@ def test_windows_are_synchronised_and_tracks_distinct(tmp_path):
 def test_seeded_pipeline_is_deterministic(random_shards):
     def first_batches(seed):
         ds = make_dataset(InputConfig(random_shards, batch_tracks=4, window_frames=12,
-                                      face_size=32, seed=seed))
+                                      face_size=64, seed=seed))
         return [b[AUDIO].numpy() for b in ds.take(3)]
 
     for a, b in zip(first_batches(5), first_batches(5)):
@@ -54,12 +55,60 @@ def test_seeded_pipeline_is_deterministic(random_shards):
 
 
 def test_resizes_frames_and_skips_short_tracks(tmp_path):
-    path = write_random_shard(str(tmp_path / "r.tfrecord"), 4, face_size=32, min_frames=20)
-    ds = make_dataset(InputConfig(path, batch_tracks=2, window_frames=26, face_size=64,
+    path = write_random_shard(str(tmp_path / "r.tfrecord"), 4, face_size=64, min_frames=20)
+    ds = make_dataset(InputConfig(path, batch_tracks=2, window_frames=26, face_size=32,
                                   seed=0, repeat=False))
     batches = list(ds)
     assert len(batches) == 1  # frames 20, 23 dropped as shorter than 26; 26, 29 kept
-    assert batches[0][FRAMES].shape == (2, 26, 64, 64, 3)
+    assert batches[0][FRAMES].shape == (2, 26, 32, 32, 3)
+    upsampled = make_dataset(InputConfig(path, batch_tracks=2, window_frames=26, face_size=96,
+                                         seed=0, repeat=False, allow_upsampling=True))
+    assert next(iter(upsampled))[FRAMES].shape == (2, 26, 96, 96, 3)
+
+
+def test_upsampling_stored_faces_is_refused_unless_asked(tmp_path):
+    """The documented VoxCeleb2 recipe used to train the 224-px reference model on 112-px
+    crops resized up, without a word: refused up front (naming the shard) and in the graph."""
+    path = write_random_shard(str(tmp_path / "r.tfrecord"), 2, face_size=32, min_frames=20)
+    with pytest.raises(ValueError, match=r"r\.tfrecord stores 32x32 face crops, smaller than "
+                                         r"the model's face size 64"):
+        check_stored_face_size([path], 64)
+    check_stored_face_size([path], 32)  # equal or smaller model sizes are fine
+    ds = make_dataset(InputConfig(path, batch_tracks=1, window_frames=10, face_size=64, seed=0))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="upsampling refused"):
+        next(iter(ds))
+
+
+def test_chunked_tracks_give_one_record_per_pass_in_expectation(tmp_path):
+    """The reference draws each track once per epoch; with chunks a long track must not be
+    drawn once per chunk. 3 tracks of 1, 2 and 6 chunks: kept records per pass average 1 per
+    track (binomial spread over 400 passes), and the draw changes from pass to pass."""
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "chunks.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for t, chunks in enumerate((1, 2, 6)):
+            for c in range(chunks):
+                writer.write(records.encode_track(records.Track(
+                    frames=rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8),
+                    audio=np.zeros(12 * 640, np.int16), track_id=f"t{t}", video_id=f"v{t}",
+                    chunk_index=c, num_chunks=chunks, chunk_start_frame=12 * c)))
+
+    def per_pass(all_chunks: bool):
+        config = InputConfig(path, batch_tracks=1, window_frames=10, face_size=8, seed=1,
+                             distinct_videos=False, all_chunks_per_pass=all_chunks)
+        ds = record_batches(config).repeat(400).map(
+            lambda b: tf.io.parse_single_example(b[0], {"track_id": tf.io.FixedLenFeature(
+                [], tf.string), "chunk_index": tf.io.FixedLenFeature([], tf.int64, default_value=0)}))
+        return [(r["track_id"].numpy().decode(), int(r["chunk_index"])) for r in ds]
+
+    every = per_pass(True)
+    assert len(every) == 400 * 9
+    drawn = per_pass(False)
+    counts = {t: sum(1 for track, _ in drawn if track == t) / 400 for t in ("t0", "t1", "t2")}
+    assert counts["t0"] == 1.0  # a whole track is always kept
+    for t in ("t1", "t2"):
+        assert abs(counts[t] - 1.0) < 0.15, counts  # binomial SE <= 0.05
+    assert len({c for track, c in drawn if track == "t2"}) == 6  # every chunk gets its turn
 
 
 def test_window_starts_in_range():

@@ -166,11 +166,36 @@ def test_voxceleb2_offset_puts_click_on_the_flash_frame(tmp_path, offset):
     (track,) = records.read_tracks(str(out / "shard-00000-of-00001.tfrecord"))
     assert track["track_id"] == b"id00001/vidA/00001" and track["identity"] == b"id00001"
     assert track["video_id"] == b"vidA" and int(track["av_offset_frames"]) == offset
-    assert track["audio"].shape == (80 * 640,)
-    flash_out = int(np.argmax(track["frames"].reshape(80, -1).mean(axis=1)))
-    assert flash_out == flash
+    # the |offset| frames the shift leaves without audio are dropped (the first ones for a
+    # positive offset, the last ones for a negative one)
+    frames = 80 - abs(offset)
+    assert track["audio"].shape == (frames * 640,)
+    flash_out = int(np.argmax(track["frames"].reshape(frames, -1).mean(axis=1)))
+    assert flash_out == flash - max(offset, 0)
     click_out = int(np.argmax(np.abs(track["audio"]))) // 640
     assert abs(click_out - flash_out) <= 1, (click_out, flash_out)
+
+
+@pytest.mark.parametrize("offset", [-3, 3])
+def test_an_av_offset_leaves_no_zero_filled_audio(tmp_path, offset):
+    """The reference draws windows only where both streams are valid (syncnet_trainer
+    DatasetLoader.py: `firststart = 2 - min(off, 0)`, `laststart = len - max(off, 0) -
+    (T + 2)`); the shift's zero fill (|offset| frames at one end) must not reach a record,
+    where training windows could start in it. Audio: a sine from the first sample to the last."""
+    path = make_clip(tmp_path / "clip.mp4", seconds=2.0, sine=True)
+    clip = media.decode_clip(path, av_offset_frames=offset)
+    plain = media.decode_clip(path)
+    # up to |offset| frames fewer: the audio (here ~1.5 frames longer than the video, AAC's
+    # padding) covers part of what a negative offset would leave unheard
+    assert plain.num_frames - abs(offset) - 2 <= clip.num_frames < plain.num_frames
+    assert clip.first_frame == max(offset, 0)
+    per_frame = np.abs(clip.audio.reshape(clip.num_frames, 640)).max(axis=1)
+    assert per_frame.min() > 0, per_frame  # no frame of zero fill (the sine never is 0)
+    # still synchronised: frame i's sound is source audio frame (i + first_frame) - offset
+    source = plain.audio.reshape(plain.num_frames, 640)
+    i = 10
+    np.testing.assert_array_equal(clip.audio.reshape(-1, 640)[i],
+                                  source[i + clip.first_frame - offset])
 
 
 def test_voxceleb2_missing_txt_is_a_warning(tmp_path):

@@ -117,7 +117,8 @@ def test_chunks_of_one_video_are_never_in_one_batch(tmp_path):
     tracks = [_marked_track(2 * v + k, 300, f"video{v}") for v in range(6) for k in range(2)]
     path = _write(tmp_path / "c.tfrecord", tracks, 100)
     config = InputConfig(path, batch_tracks=3, window_frames=25, face_size=16, seed=0,
-                         repeat=False, include_ids=True, video_group_batches=6)
+                         repeat=False, include_ids=True, video_group_batches=6,
+                         all_chunks_per_pass=True)
     batches = [(b[VIDEO_ID].numpy().tolist(), b[TRACK_ID].numpy().tolist())
                for b in make_dataset(config)]
     assert sum(len(v) for v, _ in batches) >= 30  # nearly all 36 chunks are used in a pass

@@ -100,16 +100,21 @@ def test_softmax_head_is_affine():
 def test_flags_map_to_config():
     import argparse
 
+    from av_disentangle.flags import build_parser
+
     assert HEAD_NAMES == tuple(HEADS)
     parser = argparse.ArgumentParser()
     add_supervised_flags(parser)
     args = parser.parse_args(["--labelled_audio", "x", "--labels_per_speaker", "2",
-                              "--num_speakers", "3", "--head", "softmax", "--freeze_trunk",
-                              "--init_from", "runs/a"])
+                              "--num_speakers", "3", "--head", "softmax", "--freeze_trunk"])
     assert supervised_config_from_flags(args) == SupervisedConfig(
         labelled_audio="x", labels_per_speaker=2, num_speakers=3, head="softmax",
-        freeze_trunk=True, init_from="runs/a")
+        freeze_trunk=True)
     assert supervised_config_from_flags(parser.parse_args([])) == SupervisedConfig()
+    # --init_from is train.py's flag for both objectives; a supervised run's config carries it
+    train_args = build_parser().parse_args(["--objective", "supervised", "--init_from",
+                                            "runs/a"])
+    assert supervised_config_from_flags(train_args).init_from == "runs/a"
     with pytest.raises(SystemExit):
         parser.parse_args(["--head", "arcface"])
     with pytest.raises(ValueError, match="num_speakers"):
