@@ -55,8 +55,9 @@ def config_differences(stored: dict, new: dict) -> list[str]:
     diffs = []
     for section, keys in RESUME_KEYS.items():
         old_values, new_values = stored.get(section) or {}, new.get(section) or {}
-        if section == "model" and old_values:  # fields the stored run predates
-            old_values = {**LEGACY_MODEL_VALUES, **old_values}
+        if section == "model":  # fields a record predates: the value it was built with
+            old_values = {**LEGACY_MODEL_VALUES, **old_values} if old_values else old_values
+            new_values = {**LEGACY_MODEL_VALUES, **new_values} if new_values else new_values
         names = sorted(set(old_values) | set(new_values)) if keys is None else keys
         for name in names:
             if keys is not None and name not in old_values:

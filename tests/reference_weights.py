@@ -9,6 +9,7 @@ calibrates them on its inputs and stores them (they are small).
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Mapping
 
@@ -45,3 +46,24 @@ def seeded_parameters(shapes: Mapping[str, tuple[int, ...]],
                       seed: int = SEED) -> dict[str, np.ndarray]:
     """{key: value} for every parameter key of `shapes` (key -> shape)."""
     return {k: seeded_value(k, tuple(s), seed) for k, s in shapes.items() if is_parameter(k)}
+
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                       "syncnet_trainer_parity.npz")
+
+
+def load_fixture(path: str = FIXTURE) -> dict[str, np.ndarray]:
+    """The parity fixture's arrays (`tests/fixtures/make_syncnet_trainer_fixture.py`)."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def reference_state(ref: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The fixture's syncnet_trainer state dict: parameters regenerated from its seed, plus the
+    BatchNorm running statistics and torchaudio front-end buffers it stores."""
+    shapes = {k: tuple(int(x) for x in s.split(",") if x) for k, s in zip(ref["keys"],
+                                                                          ref["shapes"])}
+    state = seeded_parameters(shapes, int(ref["seed"]))
+    state.update({k[len("bn/"):]: v for k, v in ref.items() if k.startswith("bn/")})
+    state.update({k[len("buffer/"):]: v for k, v in ref.items() if k.startswith("buffer/")})
+    return state

@@ -33,10 +33,10 @@ from av_disentangle.model import DisentangleModel
 from av_disentangle.training import make_optimizer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from reference_weights import SEED, seeded_parameters  # noqa: E402
+from reference_weights import (SEED, load_fixture, reference_state,  # noqa: E402
+                               seeded_parameters)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE = os.path.join(HERE, "fixtures", "syncnet_trainer_parity.npz")
 WAV_DIR = os.path.join(HERE, "fixtures", "syncnet_trainer")
 # Conv biases right before a BatchNorm: their gradient is zero in exact arithmetic (the
 # BatchNorm subtracts them), so their one-step update is rounding noise on both sides.
@@ -45,18 +45,7 @@ PRE_BATCHNORM_BIAS = re.compile(r"(netcnn(aud|lip)\.(0|4|8|11|14|18)|netfc\w+\.0
 
 @pytest.fixture(scope="module")
 def ref():
-    with np.load(FIXTURE) as f:
-        return {k: f[k] for k in f.files}
-
-
-def reference_state(ref) -> dict[str, np.ndarray]:
-    """The fixture's state dict: seeded parameters + stored BatchNorm and front-end buffers."""
-    shapes = {k: tuple(int(x) for x in s.split(",") if x) for k, s in zip(ref["keys"],
-                                                                          ref["shapes"])}
-    state = seeded_parameters(shapes, int(ref["seed"]))
-    state.update({k[len("bn/"):]: v for k, v in ref.items() if k.startswith("bn/")})
-    state.update({k[len("buffer/"):]: v for k, v in ref.items() if k.startswith("buffer/")})
-    return state
+    return load_fixture()
 
 
 def converted(ref, loss_config: LossConfig | None = None) -> DisentangleModel:
