@@ -133,24 +133,23 @@ def checked_shards(pattern: str, flag: str, skip_bad: bool, full: bool) -> str:
 
 
 def load_supervised(settings: Settings):
-    """`--objective supervised`: the LabelledAudio with the label budget drawn and the audio
-    decoded, and `--init_from` checked against this model size. Raises ValueError /
-    UsageError with a one-line message; writes nothing."""
+    """`--objective supervised`: (the LabelledAudio with the label budget drawn and the audio
+    decoded, the `--init_from` source checked against this model config or None). Raises
+    ValueError / UsageError with a one-line message; writes nothing."""
     from pipelines.labelled import load_labelled_audio
 
     config = settings.supervised
     if not config.labelled_audio:
         raise ValueError("--objective supervised needs --labelled_audio (a folder "
                          "<speaker>/.../<utt>.{wav,flac,m4a,mp3,ogg,opus,aac} or a TFRecord glob)")
-    if config.init_from:
-        check_init_from(config.init_from, settings.model)
+    source = check_init_from(config.init_from, settings.model) if config.init_from else None
     labelled = load_labelled_audio(config.labelled_audio,
                                    labels_per_speaker=config.labels_per_speaker,
                                    num_speakers=config.num_speakers, seed=config.label_seed)
     log.info("supervised: %d speakers, %d labelled utterances from %s (label seed %d)",
              labelled.num_classes, len(labelled.selection.utterances), config.labelled_audio,
              config.label_seed)
-    return labelled
+    return labelled, source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +159,7 @@ class Plan:
     Attributes:
       train_files, val_files: shard patterns (self-supervised; None for supervised).
       labelled: the decoded LabelledAudio (supervised; None otherwise).
-      init_source: the checked `--init_from` of a self-supervised run (None otherwise; a
-        supervised run's is checked in `load_supervised` and loaded by its model builder).
+      init_source: the checked `--init_from` (`pretrained.PretrainedSource`), or None.
     """
 
     resolved: dict[str, Any]
@@ -169,7 +167,7 @@ class Plan:
     train_files: str | None
     val_files: str | None
     labelled: Any = None
-    init_source: Any = None  # pretrained.PretrainedSource of a self-supervised --init_from
+    init_source: Any = None
 
 
 def prepare(settings: Settings) -> Plan:
@@ -179,10 +177,11 @@ def prepare(settings: Settings) -> Plan:
     try:
         resolved = settings_record(settings)
         if settings.supervised is not None:  # labels read, init_from checked, nothing written
-            labelled = load_supervised(settings)
+            labelled, init_source = load_supervised(settings)
             resolved["labels"] = labelled.selection.to_dict()
             check_model_dir(settings.run.model_dir, resolved)
-            return Plan(resolved, settings.supervised.labelled_audio, None, None, labelled)
+            return Plan(resolved, settings.supervised.labelled_audio, None, None, labelled,
+                        init_source)
         if settings.run.data_service:  # a wrong address: one line now, not a hang in fit
             check_data_service(settings.run.data_service)
         check_model_dir(settings.run.model_dir, resolved)
@@ -240,7 +239,7 @@ def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras
             from av_disentangle.supervised import build_supervised_model
 
             model = build_supervised_model(settings.model, settings.supervised,
-                                           plan.labelled.num_classes)
+                                           plan.labelled.num_classes, plan.init_source)
         else:
             from av_disentangle.model import DisentangleModel
 

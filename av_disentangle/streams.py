@@ -34,7 +34,7 @@ Face sizes other than 224: fc6 spans the whole remaining spatial map (6x6 at 224
 Temporal stride (as the reference: on the FIRST face conv, l.70, and on the LAST audio conv,
 l.36). For a window of T >= 5 video frames both streams give T' = (T - 5) // stride + 1 steps.
 Alignment: video frame i is the instant i * 40 ms, and log-mel frame n is centred on sample
-n * 160 = n * 10 ms (features.py: centred STFT frames, S // 160 frames, none dropped). Face
+n * 160 = n * 10 ms (features.py `centered`: centred STFT frames, S // 160 of them). Face
 step j sees frames stride*j .. stride*j + 4 and is centred on frame stride*j + 2, i.e.
 40 * stride * j + 80 ms. Audio step j is centred on log-mel frame 4 * stride * j + 8, i.e. also
 40 * stride * j + 80 ms (4 = MEL_FRAMES_PER_VIDEO_FRAME, which the audio trunk's two x2 time

@@ -36,8 +36,8 @@ from av_disentangle.config import ModelConfig
 from av_disentangle.heads import make_head
 from av_disentangle.model import TrackedModel
 # init_from lives in pretrained.py (both objectives use it); its names stay importable here.
-from av_disentangle.pretrained import (PretrainedSource, check_init_from,  # noqa: F401
-                                       check_model_config, load_streams, resolve_init_from)
+from av_disentangle.pretrained import PretrainedSource, check_init_from, load_streams
+from av_disentangle.pretrained import check_model_config, resolve_init_from  # noqa: F401
 from av_disentangle.streams import CONTENT, IDENTITY, build_audio_stream, build_face_stream
 from av_disentangle.supervised_config import SupervisedConfig  # noqa: F401 (re-exported)
 
@@ -153,14 +153,16 @@ def freeze_stream_parts(stream: keras.Model, freeze_trunk: bool) -> list[str]:
 
 
 def build_supervised_model(model_config: ModelConfig, config: SupervisedConfig,
-                           num_classes: int) -> SpeakerClassifier:
-    """The supervised model, initialised from `config.init_from` if set, with the content head
-    (and with `freeze_trunk` the trunk) frozen. Build it inside the strategy scope, before
-    `compile` (the optimizer must see the final trainable variables)."""
+                           num_classes: int,
+                           source: PretrainedSource | None = None) -> SpeakerClassifier:
+    """The supervised model, initialised from `config.init_from` if set (`source`: that
+    already checked with `check_init_from`, not read again), with the content head (and with
+    `freeze_trunk` the trunk) frozen. Build it inside the strategy scope, before `compile`
+    (the optimizer must see the final trainable variables)."""
     model = SpeakerClassifier(model_config, num_classes, config.head, config.aam_margin,
                               config.aam_scale)
     if config.init_from:
-        source = check_init_from(config.init_from, model_config)
+        source = source or check_init_from(config.init_from, model_config)
         load_streams(model.face_stream, model.audio_stream, source)
     frozen = freeze_stream_parts(model.audio_stream, config.freeze_trunk)
     log.info("frozen audio layers: %s; trainable variables: %d", ", ".join(frozen),
