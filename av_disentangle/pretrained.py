@@ -1,6 +1,6 @@
 """Where `--init_from` weights come from, and how they get into a model's streams.
 
-Four kinds of source (`resolve_init_from`):
+Three kinds of source (`resolve_init_from`):
 - `weights`: a self-supervised run directory (its latest `checkpoints/epoch-NNN.weights.h5`) or
   one such file; the run's `config.json` gives its model config;
 - `saved_model`: a SavedModel exported by this project (saved_model.pb + model_config.json),

@@ -126,7 +126,8 @@ def test_state_dict_round_trip(ref):
 def test_converted_export_scores_trials_as_evaluate_from_list_save(ref, tmp_path):
     """The user's path: `python -m av_disentangle.convert` on a state dict file, the SavedModel,
     and evaluate.py's embedding and scoring with the reference's protocol (10 crops of 32,240
-    samples = --crop_seconds 2.015): the reference's crop embeddings and trial scores."""
+    samples = --crop_seconds 2.015, evaluate.py's default for a converted model): the
+    reference's crop embeddings and trial scores."""
     from av_disentangle.evaluation.exported import ExportedModel
     from av_disentangle.evaluation.scoring import score_pairs
     from av_disentangle.evaluation.verification import embed_files
@@ -151,6 +152,18 @@ def test_converted_export_scores_trials_as_evaluate_from_list_save(ref, tmp_path
     labels = np.array([1, 0, 0], np.float32)  # the scores do not depend on the labels
     scores, _ = score_pairs(emb, emb, idx1, idx2, labels)
     np.testing.assert_allclose(scores, ref["trial_scores"], atol=1e-5)
+
+    # evaluate.py itself, with its defaults: a converted model gets the reference's crop
+    from av_disentangle.evaluation.cli import main as evaluate
+
+    trials = tmp_path / "trials.txt"
+    trials.write_text("".join(f"{lab:.0f} {a} {b}\n" for lab, (a, b) in
+                              zip(labels, ref["trial_files"])))
+    scores_out = tmp_path / "scores.txt"
+    assert evaluate(["--model", str(export_dir), "--trials", str(trials), "--audio_root",
+                     WAV_DIR, "--scores_out", str(scores_out)]) == 0
+    written = [float(line.split()[0]) for line in scores_out.read_text().splitlines()]
+    np.testing.assert_allclose(written, ref["trial_scores"], atol=1e-5)
 
 
 def test_losses_equal_sync_loss_and_identity_term(ref):

@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trials", help="trial list: 'label path1 path2' per line")
     g.add_argument("--audio_root", help="directory the trial paths are relative to")
     g.add_argument("--num_crops", type=int, default=10)
-    g.add_argument("--crop_seconds", type=float, default=2.0,
-                   help="crop length (at least 0.5 s, the export's shortest input)")
+    g.add_argument("--crop_seconds", type=float, default=None,
+                   help="crop length (at least 0.5 s, the export's shortest input); default 2 s, "
+                        "or 2.015 s (32,240 samples, the reference's evaluation crop) for a "
+                        "model converted from joonson/syncnet_trainer")
     g.add_argument("--batch_size", type=int, default=64,
                    help="crops per model call (crops of several files share a call)")
     g.add_argument("--score_batch_size", type=int, default=4096, help="pairs per scoring step")

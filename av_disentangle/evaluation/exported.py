@@ -13,6 +13,7 @@ Signatures (`tf.saved_model.load(path).signatures[...]`):
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -61,6 +62,22 @@ class ExportedModel:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise EvaluationError(f"{path}: cannot load the SavedModel: {first[:300]}") from err
         self.signatures = self._loaded.signatures
+
+    def model_config(self) -> dict:
+        """The `model_config.json` beside the SavedModel (`export.export_saved_model`), or {}
+        when there is none or it cannot be read (a SavedModel exported elsewhere)."""
+        try:
+            with open(os.path.join(self.path, "model_config.json"), encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return config if isinstance(config, dict) else {}
+
+    def default_crop_seconds(self) -> float:
+        """The verification crop of this model's protocol: 2.015 s (32,240 samples, the
+        reference's `loadWAV(max_frames=200)`: 200 mel frames after its first and last are
+        dropped) for the reference's front end, else 2 s."""
+        return 2.015 if self.model_config().get("front_end") == "syncnet_trainer" else 2.0
 
     def require(self, *names: str) -> None:
         """Raises EvaluationError now, before any decoding, if a signature is missing."""

@@ -181,7 +181,9 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
 
     model = ExportedModel(args.model)
     model.require("serving_default")
-    emb, bad = embed_files(model, distinct, args.audio_root, args.num_crops, args.crop_seconds,
+    crop_seconds = args.crop_seconds or model.default_crop_seconds()
+    logger.info("%d crops of %.3f s per file", args.num_crops, crop_seconds)
+    emb, bad = embed_files(model, distinct, args.audio_root, args.num_crops, crop_seconds,
                            args.batch_size, skip_bad=args.skip_missing)
     if bad:
         before = len(trials)
