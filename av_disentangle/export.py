@@ -37,6 +37,13 @@ MIN_FRAMES = 5
 SIGNATURES = ("serving_default", "embed_audio", "embed_face", "content", "face_content")
 
 
+def _runtime_shape(x: tf.Tensor, rank: int) -> tf.Tensor:
+    """The shape of `x` padded with rank + 1 entries of -1, read so that grappler cannot fold
+    it from the signature's declared shape (see `_checked_rank`): a check on a declared size
+    (e.g. the face size of `embed_face`) must see the size actually fed."""
+    return tf.concat([tf.shape(x), tf.fill([rank + 1], -1)], axis=0)
+
+
 def _checked_rank(x: tf.Tensor, rank: int, message: str) -> tuple[tf.Operation, tf.Tensor]:
     """The rank check, and `x` after it (later checks must read the returned tensor, so that
     they run only once the rank is known to be right).
@@ -49,7 +56,7 @@ def _checked_rank(x: tf.Tensor, rank: int, message: str) -> tuple[tf.Operation, 
     that index `rank` exists for any input rank), whose entry `rank - 1` is a size (>= 0) and
     entry `rank` is -1 exactly when the true rank is `rank`.
     """
-    padded = tf.concat([tf.shape(x), tf.fill([rank + 1], -1)], axis=0)
+    padded = _runtime_shape(x, rank)
     rank_is_right = tf.logical_and(padded[rank - 1] >= 0, tf.equal(padded[rank], -1))
     rank_ok = tf.debugging.Assert(rank_is_right, [message, "got shape", tf.shape(x)])
     with tf.control_dependencies([rank_ok]):
@@ -70,8 +77,11 @@ def _check_waveform(waveform: tf.Tensor, sample_rate: tf.Tensor) -> list:
         waveform, 2, "waveform must be float32 (batch, samples): 16 kHz mono, one row per clip "
                      "(a single clip is shape (1, samples))")
     finite_rows = tf.reduce_all(tf.math.is_finite(waveform), axis=1)  # (B,)
+    with tf.control_dependencies([rank_ok]):
+        batch = _runtime_shape(waveform, 2)[0]
     return [
         rank_ok,
+        tf.debugging.Assert(batch > 0, ["empty batch: send at least one waveform row"]),
         tf.debugging.assert_equal(
             sample_rate, SAMPLE_RATE,
             message=f"sample_rate must be {SAMPLE_RATE} Hz: resample the audio to 16 kHz mono "
@@ -88,14 +98,28 @@ def _check_waveform(waveform: tf.Tensor, sample_rate: tf.Tensor) -> list:
     ]
 
 
-def _check_frames(frames: tf.Tensor) -> list:
-    """Frames are uint8, so always finite: only the rank and the length are checked."""
+def _check_frames(frames: tf.Tensor, size: int) -> list:
+    """Frames are uint8, so always finite: the rank, a non-empty batch, the face size the
+    model was built for (other sizes crashed the server: 32 px with SIGFPE, 40-48 px with a
+    oneDNN AbortedError; 112 px and up gave embeddings of the wrong scale) and the length are
+    checked."""
     rank_ok, frames = _checked_rank(frames, 5, "frames must be uint8 (batch, time, height, "
                                                "width, 3) RGB face crops at 25 fps (a single "
                                                "clip is shape (1, time, height, width, 3))")
-    return [rank_ok, tf.debugging.assert_greater_equal(
-        tf.shape(frames)[1], MIN_FRAMES,
-        message=f"too few frames: at least {MIN_FRAMES} face frames (25 fps) are needed")]
+    with tf.control_dependencies([rank_ok]):
+        shape = _runtime_shape(frames, 5)
+    return [
+        rank_ok,
+        tf.debugging.Assert(shape[0] > 0, ["empty batch: send at least one clip"]),
+        tf.debugging.Assert(
+            tf.logical_and(tf.equal(shape[2], size), tf.equal(shape[3], size)),
+            [f"frames must be {size}x{size} face crops (this model's face size; resize the "
+             "crops, or export a model of that size): got height x width", shape[2],
+             shape[3]]),
+        tf.debugging.Assert(
+            shape[1] >= MIN_FRAMES,
+            [f"too few frames: at least {MIN_FRAMES} face frames (25 fps) are needed, got",
+             shape[1]])]
 
 
 def build_export_archive(face_stream: keras.Model, audio_stream: keras.Model,
@@ -125,12 +149,12 @@ def build_export_archive(face_stream: keras.Model, audio_stream: keras.Model,
         return {"content": unit_steps(content)}
 
     def embed_face(frames):
-        with tf.control_dependencies(_check_frames(frames)):
+        with tf.control_dependencies(_check_frames(frames, size)):
             identity = face_stream(tf.identity(frames), training=False)[IDENTITY]
         return {"embedding": losses.time_pool(identity)}
 
     def face_content(frames):
-        with tf.control_dependencies(_check_frames(frames)):
+        with tf.control_dependencies(_check_frames(frames, size)):
             content = face_stream(tf.identity(frames), training=False)[CONTENT]
         return {"content": unit_steps(content)}
 

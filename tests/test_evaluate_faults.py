@@ -281,6 +281,42 @@ def test_model_folder_not_a_saved_model(model_root, trials, audio_root, tmp_path
     assert str(broken) in msg and "cannot load" in msg and "\n" not in msg
 
 
+class Foreign(tf.Module):
+    """A SavedModel of other code: its serving_default takes `x`, returns `y`."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 10], tf.float32, name="x")])
+    def f(self, x):
+        return {"y": 2.0 * x}
+
+
+def test_a_foreign_saved_model_or_an_edited_model_config_is_one_line(trials, audio_root,
+                                                                    tmp_path, capsys):
+    """A SavedModel that is not an av-disentangle export failed with a 116-line TypeError
+    dumping the waveform; an edited model_config.json beside an export went unnoticed."""
+    base = ["--trials", str(trials), "--audio_root", str(audio_root)]
+    foreign = tmp_path / "foreign" / "1"
+    module = Foreign()
+    tf.saved_model.save(module, str(foreign), signatures={"serving_default": module.f})
+    assert cli.main(["--model", str(foreign), *base]) == 2
+    [msg] = error_lines(capsys.readouterr())
+    assert str(foreign) in msg and "not an av-disentangle export" in msg
+    assert "takes ['x'] and returns ['y']" in msg and "'embedding'" in msg
+
+    export = Path(save_standin(tmp_path / "standin" / "1"))
+    config = export / "model_config.json"
+    config.write_text('{"face_size": %d, "front_end": "centered"}' % FACE)
+    assert cli.main(["--model", str(export), *base]) == 0  # consistent: fine
+    capsys.readouterr()
+    for text, problem in (('{"face_size": 224}', "face_size 224 disagrees"),
+                          ('{"face_size": ', "unreadable"), ("[1, 2]", "expected a JSON object")):
+        config.write_text(text)
+        assert cli.main(["--model", str(export), *base]) == 2
+        [msg] = error_lines(capsys.readouterr())
+        assert str(config) in msg and problem in msg, msg
+    config.unlink()  # a SavedModel of other code has none: evaluated with the defaults
+    assert cli.main(["--model", str(export), *base]) == 0
+
+
 def test_missing_inputs_named(model, audio_root, tmp_path, capsys):
     missing = tmp_path / "nope" / "trials.txt"
     assert cli.main(["--model", model, "--trials", str(missing), "--audio_root",

@@ -119,3 +119,29 @@ def test_served_model_rejects_wrong_dtypes_instead_of_casting(exported):
     assert server.predict(_request("serving_default", {
         "waveform": wave, "sample_rate": np.int32(16000)}))["embedding"].shape == (
         1, model.model_config.embedding_dim)
+
+
+def test_a_wrong_face_size_or_an_empty_batch_is_an_error_and_the_server_lives(exported):
+    """The face signatures declare (-1, -1, S, S, 3), which TF Serving does not enforce: 32 px
+    frames killed the process with SIGFPE, 44 px failed inside oneDNN, 112 px returned an
+    embedding of the wrong scale, and an empty batch failed with 'Incompatible shapes'. Each is
+    now an InvalidArgumentError naming the problem, and the same session answers afterwards."""
+    model, export_dir = exported
+    server = _Server(export_dir)
+    size = model.model_config.face_size
+    for signature in ("embed_face", "face_content"):
+        for wrong in (32, 44, 112):
+            frames = np.zeros((1, 9, wrong, wrong, 3), np.uint8)
+            with pytest.raises(tf.errors.InvalidArgumentError,
+                               match=rf"(?s)frames must be {size}x{size} face crops.*{wrong}"):
+                server.predict(_request(signature, {"frames": frames}))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+            server.predict(_request(signature, {"frames": np.zeros((0, 9, size, size, 3),
+                                                                   np.uint8)}))
+    for signature in ("serving_default", "content"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+            server.predict(_request(signature, {"waveform": np.zeros((0, 16000), np.float32),
+                                                "sample_rate": np.int32(16000)}))
+    frames = np.zeros((2, 9, size, size, 3), np.uint8)
+    assert server.predict(_request("embed_face", {"frames": frames}))["embedding"].shape == (
+        2, model.model_config.embedding_dim)

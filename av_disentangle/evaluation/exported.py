@@ -62,16 +62,34 @@ class ExportedModel:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise EvaluationError(f"{path}: cannot load the SavedModel: {first[:300]}") from err
         self.signatures = self._loaded.signatures
+        self.model_config()  # an edited or unreadable model_config.json: one line, now
 
     def model_config(self) -> dict:
-        """The `model_config.json` beside the SavedModel (`export.export_saved_model`), or {}
-        when there is none or it cannot be read (a SavedModel exported elsewhere)."""
-        try:
-            with open(os.path.join(self.path, "model_config.json"), encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError):
+        """The `model_config.json` `export.export_saved_model` writes beside the SavedModel;
+        {} when there is none (a SavedModel exported by other code).
+
+        Raises:
+          EvaluationError: it exists but is not a JSON object, or its face size disagrees with
+            the face signature's (an edited file: it no longer describes the model)."""
+        path = os.path.join(self.path, "model_config.json")
+        if not os.path.exists(path):
             return {}
-        return config if isinstance(config, dict) else {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as err:
+            raise EvaluationError(f"{path}: unreadable ({err}); it is written by the export "
+                                  "beside saved_model.pb: restore it or remove it") from err
+        if not isinstance(config, dict):
+            raise EvaluationError(f"{path}: expected a JSON object of model settings, got "
+                                  f"{type(config).__name__}")
+        size = config.get("face_size")
+        declared = self.face_size(default=0)[0] if "face_content" in self.signatures else 0
+        if declared and size != declared:
+            raise EvaluationError(f"{path}: face_size {size!r} disagrees with the SavedModel's "
+                                  f"face signatures ({declared}): the file was edited or "
+                                  "belongs to another export")
+        return config
 
     def default_crop_seconds(self) -> float:
         """The verification crop of this model's protocol: 2.015 s (32,240 samples, the
@@ -79,10 +97,28 @@ class ExportedModel:
         dropped) for the reference's front end, else 2 s."""
         return 2.015 if self.model_config().get("front_end") == "syncnet_trainer" else 2.0
 
+    # What each signature of an export takes and returns (`av_disentangle.export`).
+    CONTRACT = {"serving_default": ({"waveform"}, "embedding"),
+                "embed_audio": ({"waveform"}, "embedding"),
+                "content": ({"waveform"}, "content"),
+                "embed_face": ({"frames"}, "embedding"),
+                "face_content": ({"frames"}, "content")}
+
     def require(self, *names: str) -> None:
-        """Raises EvaluationError now, before any decoding, if a signature is missing."""
+        """Raises EvaluationError now, before any decoding, if a signature is missing or does
+        not take and return what this project's exports do (a foreign SavedModel)."""
         for name in names:
-            self._signature(name)
+            fn = self._signature(name)
+            inputs = set(fn.structured_input_signature[1])
+            outputs = set(fn.structured_outputs)
+            wanted_in, wanted_out = self.CONTRACT.get(name, (set(), None))
+            if not wanted_in <= inputs or (wanted_out and wanted_out not in outputs) or (
+                    inputs - wanted_in - {"sample_rate"}):
+                raise EvaluationError(
+                    f"{self.path}: not an av-disentangle export: its '{name}' signature takes "
+                    f"{sorted(inputs)} and returns {sorted(outputs)}; expected "
+                    f"{sorted(wanted_in)} (+ optional sample_rate) -> '{wanted_out}' "
+                    "(av_disentangle/export.py)")
 
     def _signature(self, name: str):
         if name not in self.signatures:
