@@ -94,6 +94,35 @@ def check_model_dir(model_dir: str, resolved: dict) -> None:
         raise ValueError(f"cannot write into --model_dir {model_dir}: permission denied")
 
 
+def check_export_target(run: Any, model_dir: str) -> None:
+    """Before training: the export location can be written (ValueError, one line, if not).
+
+    `--export_dir` must not exist unless this run exported there (a rerun); its nearest
+    existing parent, or that of `<export_root>/<export_name>`, must be a writable folder.
+    Remote locations are left to the export (no portable permission check)."""
+    if run.no_export:
+        return
+    target = run.export_dir or os.path.join(run.export_root, run.export_name)
+    flag = "--export_dir" if run.export_dir else "--export_root"
+    if files.is_remote(target):
+        return
+    target = os.path.abspath(target)
+    if run.export_dir and os.path.exists(target):
+        record = checkpoints.read_export_record(model_dir) or {}
+        if record.get("export_dir") != target:
+            raise ValueError(f"--export_dir {run.export_dir} already exists; TF Serving "
+                             "versions are immutable, pick a new version")
+        return
+    parent = target
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot export to {target} ({flag}): {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot export to {target} ({flag}): {parent} is not writable "
+                         "(permission denied); pick another location or --no_export")
+
+
 def default_train_data(face_size: int) -> str:
     """Prepares the bundled sample videos on first use; returns their TFRecord glob."""
     from pipelines.prepare import prepare_bundled_samples
@@ -110,9 +139,10 @@ def checked_shards(pattern: str, flag: str, skip_bad: bool, full: bool) -> str:
     """Validates the shards of `pattern`; returns the pattern to train on (comma-separated
     good files when bad ones are skipped). ValueError naming a bad file."""
     from av_disentangle.shard_check import check_shards
-    from pipelines.input import list_shards
+    from pipelines.input import check_one_copy_of_each_track, list_shards
 
     found = list_shards(pattern)
+    check_one_copy_of_each_track(found)
     bad = check_shards(found, full=full)
     if not bad:
         return pattern
@@ -180,11 +210,13 @@ def prepare(settings: Settings) -> Plan:
             labelled, init_source = load_supervised(settings)
             resolved["labels"] = labelled.selection.to_dict()
             check_model_dir(settings.run.model_dir, resolved)
+            check_export_target(settings.run, settings.run.model_dir)
             return Plan(resolved, settings.supervised.labelled_audio, None, None, labelled,
                         init_source)
         if settings.run.data_service:  # a wrong address: one line now, not a hang in fit
             check_data_service(settings.run.data_service)
         check_model_dir(settings.run.model_dir, resolved)
+        check_export_target(settings.run, settings.run.model_dir)
         run = settings.run
         init_source = None
         if run.init_from:
@@ -403,8 +435,20 @@ def export(model: keras.Model, model_config: ModelConfig, *, model_dir: str, ste
                          "are immutable, pick a new version")
     if weights_sha256:  # written first: a rerun after a kill finishes this export, not a new one
         checkpoints.write_export_record(model_dir, target, step, weights_sha256)
-    return export_saved_model(model.face_stream, model.audio_stream, model_config,
-                              target), True
+    try:
+        return export_saved_model(model.face_stream, model.audio_stream, model_config,
+                                  target), True
+    except BaseException:
+        # A failed export (not a kill) must not be remembered: a plain rerun would export to
+        # the failed location instead of choosing one.
+        if weights_sha256:
+            if record:
+                checkpoints.write_export_record(model_dir, record["export_dir"],
+                                                record.get("step", 0),
+                                                record.get("weights_sha256", ""))
+            elif tf.io.gfile.exists(os.path.join(model_dir, "export.json")):
+                tf.io.gfile.remove(os.path.join(model_dir, "export.json"))
+        raise
 
 
 # === The whole run ===

@@ -181,6 +181,41 @@ def check_prepared_format(files: Sequence[str]) -> None:
                     "pipelines.prepare ... --output DIR; a rerun into its folder rewrites it)")
 
 
+def check_one_copy_of_each_track(files: Sequence[str]) -> None:
+    """Raises ValueError when the shards `files` hold two shard sets of one folder (a
+    re-preparation with another plan left beside the old one: `*-of-00005` and `*-of-00003`)
+    or, by the manifests beside them, one track in two shards (e.g. a folder copied next to
+    itself): training would see those tracks twice per pass, without a word."""
+    from pipelines.shards import shard_sets
+
+    by_dir = collections.defaultdict(list)
+    for f in files:
+        by_dir[os.path.dirname(f)].append(f)
+    for folder, paths in sorted(by_dir.items()):
+        sets = shard_sets(os.path.basename(p) for p in paths)
+        if len(sets) > 1:
+            described = "; ".join(f"{len(names)} of {total} ({sorted(names)[0]}, ...)"
+                                  for total, names in sorted(sets.items()))
+            raise ValueError(
+                f"the training data matches {len(sets)} shard sets in {folder}: {described}. "
+                "A preparation with another shard plan left its shards there: prepare the "
+                "folder again (it removes the other set) or narrow the glob")
+    seen: dict[str, str] = {}
+    for folder, paths in sorted(by_dir.items()):
+        manifest = _read_json(os.path.join(folder, "manifest.json")) or {}
+        matched = {os.path.basename(p) for p in paths}
+        for track in manifest.get("tracks", []):
+            if not isinstance(track, dict) or track.get("shard") not in matched:
+                continue
+            where = os.path.join(folder, track["shard"])
+            first = seen.setdefault(str(track.get("track_id")), where)
+            if first != where:
+                raise ValueError(
+                    f"track {track.get('track_id')} is in two of the training shards: {first} "
+                    f"and {where} (by their manifests); every copy would be trained on. "
+                    "Remove the copy or narrow the glob")
+
+
 def check_stored_face_size(files: Sequence[str], face_size: int) -> None:
     """Raises ValueError naming the first shard whose face crops are stored smaller than
     `face_size` (the input would upsample them; `InputConfig.allow_upsampling`). Reads the

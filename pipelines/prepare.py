@@ -537,6 +537,24 @@ def plan_shards(specs: Sequence[ClipSpec], tracks_per_shard: int,
 
 # === Driver ===
 
+def remove_stale_shard_sets(out: pathlib.Path, total: int) -> list[str]:
+    """Removes the shards and sidecars of other shard sets in `out` (a preparation into the
+    same folder with another plan, e.g. another `--tracks_per_shard`: `*-of-00005` beside
+    this run's `*-of-00003`), which a `shard-*.tfrecord` glob would otherwise train on
+    together with this set, every track twice. Returns the names removed (logged)."""
+    stale = [name for count, names in shards.shard_sets(p.name for p in out.iterdir()).items()
+             if count != total for name in names]
+    if stale:
+        tfrecords = sorted(n for n in stale if n.endswith(".tfrecord"))
+        log.warning("removing %d shard(s) of an earlier preparation with another shard plan "
+                    "from %s (%s%s) and their sidecars: they would be read beside this run's "
+                    "%d shards", len(tfrecords), out, ", ".join(tfrecords[:3]),
+                    ", ..." if len(tfrecords) > 3 else "", total)
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
+    return sorted(stale)
+
+
 def prepare(specs: Sequence[ClipSpec], output_dir: str | os.PathLike,
             config: PrepareConfig = PrepareConfig(), workers: int = 1, num_jobs: int = 1,
             job_index: int = 0, progress: bool = True) -> PrepareSummary:
@@ -570,6 +588,7 @@ def prepare(specs: Sequence[ClipSpec], output_dir: str | os.PathLike,
                  len(mine))
     for i in todo:
         _remove_stale_temps(out, i, total)
+    remove_stale_shard_sets(out, total)
 
     todo_specs = [s for i in todo for s in chunks[i]]
     written = 0

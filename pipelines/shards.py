@@ -10,6 +10,8 @@ joonson/syncnet_trainer DatasetLoader.py). TF-free.
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Sequence, TypeVar
 
 import numpy as np
@@ -64,3 +66,18 @@ def plan_shards(items: Sequence[T], seed: Any, *, tracks_per_shard: int | None =
         return [items[s::count] for s in range(count)]
     per = max(1, int(tracks_per_shard))
     return [items[i:i + per] for i in range(0, len(items), per)]
+
+
+SHARD_NAME_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.(tfrecord|json)$")
+"""A prepared shard's or sidecar's file name: groups index, total, ending."""
+
+
+def shard_sets(names) -> dict[int, list[str]]:
+    """{total: [names]} of the `shard-i-of-total` files among `names` (base names or paths):
+    one key per shard set (a set is the shards of one preparation's plan)."""
+    sets: dict[int, list[str]] = {}
+    for name in names:
+        match = SHARD_NAME_RE.search(str(name))
+        if match:
+            sets.setdefault(int(match.group(2)), []).append(str(name))
+    return sets

@@ -6,14 +6,17 @@ and few clips to stay quick on 2 cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import shutil
 
 import av
 import numpy as np
 import pytest
 
+from conftest import run_script
 from pipelines import media, prepare, records
 from pipelines.shards import SHARD_PATTERN, shard_name
 
@@ -297,6 +300,44 @@ def test_split_jobs_share_one_folder(tmp_path):
     assert b.shards_written == 1 and b.complete
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_tracks"] == 3
+
+
+def test_a_rerun_with_another_shard_plan_leaves_one_shard_set(tmp_path):
+    """Rerunning prepare into the same folder with another --tracks_per_shard left the old
+    `*-of-00003` shards beside the new `*-of-00002`: the README's `shard-*.tfrecord` glob then
+    trained on every track twice. Now the other set is removed (with its sidecars), and
+    train.py refuses a glob that still matches two sets or two copies of a track."""
+    from pipelines.input import check_one_copy_of_each_track
+
+    data = tmp_path / "in"
+    for i in range(3):
+        make_clip(data / f"clip{i}.mp4", seconds=1.2)
+    specs = prepare.list_videos(data, detect=False)
+    out = tmp_path / "out"
+    config = prepare.PrepareConfig(face_size=64, min_frames=25, tracks_per_shard=1)
+    prepare.prepare(specs, out, config, progress=False)
+    assert len(list(out.glob("shard-*-of-00003.tfrecord"))) == 3
+    prepare.prepare(specs, out, dataclasses.replace(config, tracks_per_shard=2), progress=False)
+    assert sorted(p.name for p in out.glob("shard-*")) == [
+        "shard-00000-of-00002.json", "shard-00000-of-00002.tfrecord",
+        "shard-00001-of-00002.json", "shard-00001-of-00002.tfrecord"]
+    check_one_copy_of_each_track(sorted(str(p) for p in out.glob("shard-*.tfrecord")))
+
+    # what train.py refuses: a stale set put back, and a copy of a shard
+    shutil.copy(out / "shard-00000-of-00002.tfrecord", out / "shard-00000-of-00007.tfrecord")
+    with pytest.raises(ValueError, match=r"matches 2 shard sets in .*out: 2 of 2 .* 1 of 7"):
+        check_one_copy_of_each_track(sorted(str(p) for p in out.glob("shard-*.tfrecord")))
+    (out / "shard-00000-of-00007.tfrecord").unlink()
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    both = sorted(str(p) for p in [*out.glob("*.tfrecord"), *copy.glob("*.tfrecord")])
+    with pytest.raises(ValueError, match=r"track .* is in two of the training shards"):
+        check_one_copy_of_each_track(both)
+    result = run_script(["train.py", "--train_data", f"{out}/*.tfrecord,{copy}/*.tfrecord",
+                         "--model_dir", str(tmp_path / "run"), "--model_size", "tiny"])
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("train.py: error: track ") and "two of the training shards" in line
 
 
 def test_no_face_is_skipped(tmp_path):

@@ -422,3 +422,47 @@ def test_flags_load_without_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], text=True, capture_output=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_an_unusable_export_location_is_found_before_training(random_shards, tmp_path):
+    """An unwritable --export_dir was found only after training (a NotFoundError traceback).
+    (The tests run as root, whom permissions do not stop: the location here is below a
+    file.)"""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    model_dir = tmp_path / "run"
+    result = run_script(["train.py", "--model_dir", str(model_dir), "--train_data",
+                         random_shards, *TINY, "--epochs", "1", "--steps_per_epoch", "1",
+                         "--export_dir", str(blocker / "exports" / "1")])
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == (f"train.py: error: cannot export to {blocker / 'exports' / '1'} "
+                    f"(--export_dir): {blocker} is not a folder"), line
+    assert not (model_dir / "backup").exists()  # nothing trained
+
+
+def test_a_failed_export_is_not_remembered(tmp_path, monkeypatch):
+    """export.json used to keep a failed target, so a later plain rerun exported there."""
+    import av_disentangle.export as export_module
+    from av_disentangle import checkpoints, run
+    from av_disentangle.config import LossConfig, ModelConfig
+    from av_disentangle.model import DisentangleModel
+
+    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "export_saved_model", failing)
+    kwargs = dict(model_dir=model_dir, step=5, export_dir=None,
+                  export_root=str(tmp_path / "saved_models"), export_name="m")
+    with pytest.raises(OSError):
+        run.export(model, model.model_config, weights_sha256="abc", **kwargs)
+    assert checkpoints.read_export_record(model_dir) is None
+    checkpoints.write_export_record(model_dir, str(tmp_path / "old" / "1"), 3, "old")
+    with pytest.raises(OSError):
+        run.export(model, model.model_config, weights_sha256="abc", **kwargs)
+    assert checkpoints.read_export_record(model_dir) == {
+        "export_dir": str(tmp_path / "old" / "1"), "step": 3, "weights_sha256": "old"}
