@@ -32,9 +32,11 @@ import math
 import os
 import re
 import shutil
+import sys
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from av_disentangle import files
@@ -55,9 +57,38 @@ write_json_atomic = files.write_json_atomic
 remove_stale_temps = files.remove_stale_temps
 
 
+def weights_bytes(model: keras.Model) -> int:
+    """An upper bound of the size of `model.save_weights`' file: the model's and its
+    optimizer's variables, plus HDF5's structure (5%, 4 kB per variable, 64 kB; the tiny
+    model's 330 kB file is mostly structure)."""
+    variables = list(model.weights)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        variables += list(optimizer.variables)
+    data = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    return int(data * 1.05) + 4096 * len(variables) + 65536
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _quiet_h5py_disk_full(unraisable) -> None:
+    """`sys.unraisablehook`: h5py reports every failed buffer write of a full disk, also while
+    its objects are garbage-collected later, as a traceback (226 of them seen); the write's
+    own error is raised and reported once (`errors.DiskFullError`). Others pass through."""
+    if "errno = 28" in str(unraisable.exc_value):
+        return
+    _previous_unraisablehook(unraisable)
+
+
+sys.unraisablehook = _quiet_h5py_disk_full
+
+
 def save_weights_atomic(model: keras.Model, path: str, fault: str | None = None) -> None:
-    """`model.save_weights(path)` (model and optimizer variables), atomically."""
-    files.write_atomic_with(path, model.save_weights, fault=fault, keep_suffix=True)
+    """`model.save_weights(path)` (model and optimizer variables), atomically. A disk without
+    room for it is a `DiskFullError` before anything is written."""
+    files.write_atomic_with(path, model.save_weights, fault=fault, keep_suffix=True,
+                            required_bytes=weights_bytes(model))
 
 
 def sha256_file(path: str) -> str:

@@ -28,6 +28,7 @@ import tensorflow as tf
 from av_disentangle import losses
 from av_disentangle.config import ModelConfig, to_dict
 from av_disentangle.constants import SAMPLE_RATE
+from av_disentangle.errors import DiskFullError, is_disk_full
 from av_disentangle.streams import CONTENT, IDENTITY
 
 log = logging.getLogger(__name__)
@@ -207,12 +208,20 @@ def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
     tmp_dir = export_dir.rstrip("/") + ".tmp"
     if tf.io.gfile.exists(tmp_dir):
         tf.io.gfile.rmtree(tmp_dir)
-    build_export_archive(face_stream, audio_stream, config).write_out(tmp_dir, verbose=False)
-    with tf.io.gfile.GFile(os.path.join(tmp_dir, "model_config.json"), "w") as f:
-        json.dump(to_dict(config), f, indent=2)
-    for name, value in (extra_json or {}).items():
-        with tf.io.gfile.GFile(os.path.join(tmp_dir, name), "w") as f:
-            json.dump(value, f, indent=2)
+    try:
+        build_export_archive(face_stream, audio_stream, config).write_out(tmp_dir,
+                                                                          verbose=False)
+        with tf.io.gfile.GFile(os.path.join(tmp_dir, "model_config.json"), "w") as f:
+            json.dump(to_dict(config), f, indent=2)
+        for name, value in (extra_json or {}).items():
+            with tf.io.gfile.GFile(os.path.join(tmp_dir, name), "w") as f:
+                json.dump(value, f, indent=2)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        if tf.io.gfile.exists(tmp_dir):  # the half-written export would only take space
+            tf.io.gfile.rmtree(tmp_dir)
+        raise DiskFullError(export_dir) from err
     _move_folder(tmp_dir, export_dir)  # a half-written export never looks complete
     log.info("exported SavedModel to %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir

@@ -25,6 +25,7 @@ tests/test_faults.py through tests/fault_driver.py.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ import shutil
 import signal
 import sys
 from typing import IO, Any, Callable, Iterable, Sequence
+
+from av_disentangle.errors import DiskFullError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +52,23 @@ _fault_counts: collections.Counter = collections.Counter()
 
 def fault_point(name: str, path: PathLike | None = None) -> None:
     """Kills this process (SIGKILL) if `AV_DISENTANGLE_FAULT` names `name` and this is its n-th
-    visit. With `path`, the file is first cut to half its size (a write killed midway)."""
+    visit. With `path`, the file is first cut to half its size (a write killed midway).
+    `AV_DISENTANGLE_FAULT=enospc:<name>:<n>` raises the OSError of a full disk there instead."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     point, _, nth = spec.rpartition(":")
+    disk_full = point.startswith("enospc:")  # `enospc:<point>:<n>`: the disk fills there
+    if disk_full:
+        point = point[len("enospc:"):]
     if point != name:
         return
     _fault_counts[name] += 1
     if _fault_counts[name] != int(nth):
         return
+    if disk_full:
+        sys.stderr.write(f"fault injection: ENOSPC at {name}:{nth}\n")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) if path else None)
     if path is not None and os.path.isfile(path):
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2)
@@ -97,7 +107,8 @@ def _fsync_dir(folder: str) -> None:
 
 
 def write_all_atomic(paths: Sequence[PathLike], write: Callable[[list[str]], Any], *,
-                     fault: str | None = None, keep_suffix: bool = False) -> None:
+                     fault: str | None = None, keep_suffix: bool = False,
+                     required_bytes: int = 0) -> None:
     """Calls `write(temps)` to create one temp file beside each of `paths`, flushes them to disk
     and only then renames them to `paths`, in order; every temp file is removed if anything
     fails. For a set of files that belong together (a dataset's shards and then its manifest):
@@ -109,9 +120,33 @@ def write_all_atomic(paths: Sequence[PathLike], write: Callable[[list[str]], Any
       fault: prefix of the fault points `<fault>.half` (cuts the first temp file),
         `.written`, `.renamed` (tests).
       keep_suffix: keep each path's ending on its temp name (see `temp_path`).
+      required_bytes: the size the files will need: a local folder with less free space is a
+        `DiskFullError` before anything is written.
+
+    Raises:
+      DiskFullError: no space left (found before the write, or met during it: the temp files
+        are removed and the previous files are untouched).
     """
     paths = [str(p) for p in paths]
     temps = [temp_path(p, keep_suffix) for p in paths]
+    if required_bytes and not any(is_remote(p) for p in paths):
+        folder = os.path.dirname(os.path.abspath(paths[0]))
+        free = shutil.disk_usage(folder).free
+        if free < required_bytes:  # before writing: a half-written h5 file floods stderr
+            raise DiskFullError(paths[0], f" ({free / 1e6:.1f} MB free, about "
+                                          f"{required_bytes / 1e6:.1f} MB needed)")
+    try:
+        _write_all(paths, temps, write, fault)
+    except DiskFullError:
+        raise
+    except Exception as err:
+        if is_disk_full(err):
+            raise DiskFullError(paths[0]) from err
+        raise
+
+
+def _write_all(paths: list[str], temps: list[str], write: Callable[[list[str]], Any],
+               fault: str | None) -> None:
     if any(is_remote(p) for p in paths):
         import tensorflow as tf  # only remote file systems need TensorFlow
 
@@ -146,7 +181,7 @@ def write_all_atomic(paths: Sequence[PathLike], write: Callable[[list[str]], Any
 
 
 def write_atomic_with(path: PathLike, write: Callable[[str], Any], *, fault: str | None = None,
-                      keep_suffix: bool = False) -> None:
+                      keep_suffix: bool = False, required_bytes: int = 0) -> None:
     """Calls `write(temp)` to create a temp file beside `path`, flushes it to disk and renames
     it to `path`; the temp file is removed if anything fails.
 
@@ -155,8 +190,10 @@ def write_atomic_with(path: PathLike, write: Callable[[str], Any], *, fault: str
       write: writes the complete file to the path it is given (e.g. `model.save_weights`).
       fault: prefix of the fault points `<fault>.half`, `.written`, `.renamed` (tests).
       keep_suffix: keep `path`'s ending on the temp name (see `temp_path`).
+      required_bytes: see `write_all_atomic`.
     """
-    write_all_atomic([path], lambda temps: write(temps[0]), fault=fault, keep_suffix=keep_suffix)
+    write_all_atomic([path], lambda temps: write(temps[0]), fault=fault, keep_suffix=keep_suffix,
+                     required_bytes=required_bytes)
 
 
 def _open(path: str, mode: str) -> IO:

@@ -433,7 +433,7 @@ def _write_shard(output_dir: pathlib.Path, index: int, total: int, results: list
                                            c.chunk_start_frame + c.frames.shape[0]]
                                           for c in chunks]})
 
-    files.write_atomic_with(final, write)
+    files.write_atomic_with(final, write, fault="shard")
     sidecar = {"shard": final.name, "index": index, "num_shards": total,
                "format_version": FORMAT_VERSION,
                "fingerprint": fingerprint, "shard_seed": config.shard_seed,

@@ -82,9 +82,11 @@ def write_mp4(path, frames: np.ndarray, audio: np.ndarray, high_quality: bool = 
             c.mux(p)
 
 
-def run_script(args: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Runs `python <args>` from the repo root, capturing text output."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+def run_script(args: list[str], timeout: float = 600, env: dict | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Runs `python <args>` from the repo root, capturing text output (`env`: variables to
+    set on top of this process's)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout, **kwargs)
 

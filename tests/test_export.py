@@ -1,5 +1,6 @@
 """SavedModel export: round trip, signatures, in-graph input checks, saved_model_cli."""
 
+import os
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -143,3 +144,24 @@ def test_serving_wrong_rank_named_as_served(exported):
     (embedding,) = served("embed_face", {"frames": np.zeros((1, 25, size, size, 3), np.uint8)})
     assert embedding.shape[0] == 1
     served.session.close()
+
+
+def test_a_full_disk_during_export_is_one_error_naming_the_folder(tmp_path, monkeypatch):
+    """The export ended in a raw ResourceExhaustedError and left its half-written `.tmp`."""
+    from av_disentangle import export
+    from av_disentangle.errors import DiskFullError
+
+    class Full:
+        def write_out(self, path, **kwargs):
+            os.makedirs(os.path.join(path, "variables"))
+            open(os.path.join(path, "variables", "part"), "wb").write(b"x" * 100)
+            raise tf.errors.ResourceExhaustedError(
+                None, None, f"{path}/variables/variables.data-00000-of-00001; No space left "
+                            "on device")
+
+    monkeypatch.setattr(export, "build_export_archive", lambda *args: Full())
+    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    target = str(tmp_path / "m" / "1")
+    with pytest.raises(DiskFullError, match=rf"no space left on device writing {target};"):
+        export_saved_model(model.face_stream, model.audio_stream, model.model_config, target)
+    assert os.listdir(tmp_path / "m") == []  # neither the export nor its temp folder

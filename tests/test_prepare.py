@@ -389,3 +389,26 @@ def test_resume_prepare_after_kill(tmp_path):
            for t in records.read_tracks(str(shard))]
     assert len(ids) == len(set(ids)) == 12  # nothing lost, nothing duplicated
     assert not list(out.glob(".*tmp*"))  # no half-written shard left behind
+
+
+def test_a_full_disk_stops_prepare_in_one_line_and_it_resumes(tmp_path):
+    """`prepare` on a full disk ended in a raw ResourceExhaustedError traceback. The disk
+    fills (injected ENOSPC) while the second shard is written: one line, exit 2, the first
+    shard kept, and the rerun writes only the missing one."""
+    data = tmp_path / "in"
+    for i in range(2):
+        make_clip(data / f"clip{i}.mp4", seconds=1.2)
+    out = tmp_path / "out"
+    command = ["-m", "pipelines.prepare", "--source", "videos", "--no_detect", "--input",
+               str(data), "--output", str(out), "--face_size", "64", "--min_frames", "25",
+               "--tracks_per_shard", "1", "--workers", "1", "--no_progress"]
+    result = run_script(command, env={"AV_DISENTANGLE_FAULT": "enospc:shard.half:2"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [line for line in errors if line.startswith(
+        "pipelines.prepare: error: no space left on device writing ")] and len(errors) == 1
+    assert "Traceback" not in result.stderr
+    assert len(list(out.glob("shard-*.tfrecord"))) == 1 and not list(out.glob(".tmp-*"))
+    result = run_script(command)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 of this job's 2 shards already finished" in result.stderr

@@ -466,3 +466,46 @@ def test_a_failed_export_is_not_remembered(tmp_path, monkeypatch):
         run.export(model, model.model_config, weights_sha256="abc", **kwargs)
     assert checkpoints.read_export_record(model_dir) == {
         "export_dir": str(tmp_path / "old" / "1"), "step": 3, "weights_sha256": "old"}
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(random_shards, tmp_path):
+    """Training on a full disk printed 1,023 lines (226 h5py tracebacks) and ended in SIGSEGV.
+    The disk fills (injected ENOSPC) while the second backup is written: one line naming the
+    file and 'no space left', exit 2, and the rerun resumes from the first backup."""
+    model_dir = tmp_path / "run"
+    command = ["train.py", "--train_data", random_shards, "--model_dir", str(model_dir), *TINY,
+               "--epochs", "2", "--steps_per_epoch", "2", "--no_export", "--verbose", "2"]
+    result = run_script(command, env={"AV_DISENTANGLE_FAULT": "enospc:backup.weights.half:2"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "train.py: error" in line]
+    assert len(errors) == 1 and len(result.stderr.splitlines()) < 10, result.stderr[-3000:]
+    assert errors[0].startswith("train.py: error: no space left on device writing "
+                                f"{model_dir / 'backup'}"), errors[0]
+    assert "Traceback" not in result.stderr
+    result = run_script(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming at step 2" in result.stderr
+
+
+def test_a_disk_too_full_for_a_checkpoint_is_refused_before_writing(tmp_path):
+    """The weights file's size is known: a folder with less free space is refused before
+    h5py starts writing (a real full disk: a 1 MB tmpfs; skipped where mounting one is not
+    permitted)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        from av_disentangle import checkpoints
+        from av_disentangle.config import LossConfig, ModelConfig
+        from av_disentangle.errors import DiskFullError
+        from av_disentangle.model import DisentangleModel
+
+        model = DisentangleModel(ModelConfig.small(), LossConfig())  # ~1.7 MB of weights
+        with pytest.raises(DiskFullError, match=r"no space left on device writing .*w\.weights"
+                                                r"\.h5 \(1\.0 MB free, about \d\.\d MB needed\)"):
+            checkpoints.save_weights_atomic(model, str(mount / "w.weights.h5"))
+        assert os.listdir(mount) == []  # nothing half-written
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
