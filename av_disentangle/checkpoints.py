@@ -163,6 +163,8 @@ class CrashSafeBackup(keras.callbacks.Callback):
         self._step = 0
         self._last_saved_step = -1
         self.restored_from: str | None = None  # the weights file `restore()` loaded
+        self.batches_trained = 0  # batches this process trained (Keras' step counter also
+        # counts the call that found the input exhausted)
 
     @property
     def metadata_path(self) -> str:
@@ -285,11 +287,23 @@ class CrashSafeBackup(keras.callbacks.Callback):
         self.saw_non_finite = self.saw_non_finite or not finite
         return not self.saw_non_finite
 
+    def kept(self) -> str:
+        """What a rerun resumes from, in words (for error messages)."""
+        if not self.generations:
+            return (f"no backup was written (no step completed before it); {self.backup_dir} "
+                    "holds nothing to resume")
+        newest = self.generations[0]
+        return (f"the last good state is step {newest.step} in "
+                f"{os.path.join(self.backup_dir, newest.weights)}")
+
     def on_train_begin(self, logs=None):
         self._step = int(self.model.optimizer.iterations.numpy())
+        self._batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
+        self._batches += 1
+        self.batches_trained += 1
         # The last step of an epoch is saved by `on_epoch_end`, after the epoch's other
         # callbacks (put this callback last): a kill before it resumes before that step.
         if (self._finite(logs) and self.every_steps and self._step % self.every_steps == 0
@@ -297,20 +311,33 @@ class CrashSafeBackup(keras.callbacks.Callback):
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._finite(logs):
+        # An epoch that ran no batch (input that makes none) trained nothing: no backup, so a
+        # run that never trained leaves no state and accepts new settings (`run.prepare`).
+        if getattr(self, "_batches", 0) and self._finite(logs):
             self.save()
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Writes `<folder>/epoch-NNN.weights.h5` (1-based) atomically at each finite epoch end."""
+    """Writes `<folder>/epoch-NNN.weights.h5` (1-based) atomically at the end of each finite
+    epoch that ran all its steps (an epoch cut short by input that ran out is not one:
+    `--init_from` would load its weights as a trained epoch)."""
 
     def __init__(self, folder: str):
         super().__init__()
         self.folder = folder
+        self._batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
+            return
+        if self._batches < (self.params or {}).get("steps", 0) or not self._batches:
             return
         tf.io.gfile.makedirs(self.folder)
         path = os.path.join(self.folder, f"epoch-{epoch + 1:03d}.weights.h5")

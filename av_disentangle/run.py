@@ -68,9 +68,19 @@ def config_differences(stored: dict, new: dict) -> list[str]:
     return diffs
 
 
+def trained_anything(model_dir: str) -> bool:
+    """Whether a run in `model_dir` saved any trained state: a backup or an epoch checkpoint
+    (a start that failed before its first step leaves neither)."""
+    for folder, pattern in (("backup", "*.weights.h5"), ("checkpoints", "epoch-*.weights.h5")):
+        if tf.io.gfile.glob(os.path.join(model_dir, folder, pattern)):
+            return True
+    return False
+
+
 def check_model_dir(model_dir: str, resolved: dict) -> None:
     """Before anything else is written: `model_dir` (local or remote) can be created, and a run
-    already in it has the same model and loss configuration. ValueError, one line."""
+    already in it has the same model and loss configuration, unless it never trained a step
+    (then the new configuration replaces it). ValueError, one line."""
     config_path = os.path.join(model_dir, "config.json")
     if tf.io.gfile.exists(config_path) and not tf.io.gfile.isdir(config_path):
         try:
@@ -80,7 +90,10 @@ def check_model_dir(model_dir: str, resolved: dict) -> None:
             raise ValueError(f"cannot read {config_path} ({getattr(e, 'message', e)}); fix or "
                              "remove it, or pass another --model_dir")
         diffs = config_differences(stored, resolved)
-        if diffs:
+        if diffs and not trained_anything(model_dir):
+            log.info("%s holds a run that never completed a step; starting it again with the "
+                     "new configuration (%s)", model_dir, "; ".join(diffs))
+        elif diffs:
             raise ValueError(
                 f"--model_dir {model_dir} holds a run with another configuration "
                 f"({config_path}): {'; '.join(diffs)}. Rerun with the stored values to resume "
@@ -386,19 +399,21 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
         log.info("a record failed its checksum; checking all %d shards to name it", len(found))
         bad = check_shards(found, full=True)
         named = "; ".join(f"{p} is {problem}" for p, problem in bad) or str(e.message)[:200]
-        raise UsageError(f"corrupt training data: {named}. The last good state is kept in "
-                         f"{backup.backup_dir}; rerun with --full_shard_check --skip_bad_shards "
-                         "to train on the other shards") from e
+        raise UsageError(f"corrupt training data: {named}. {backup.kept().capitalize()}; "
+                         "rerun with --full_shard_check --skip_bad_shards to train on the "
+                         "other shards") from e
     if backup.saw_non_finite:
-        raise NonFiniteLoss(
-            f"training stopped: the loss became NaN/Inf at step {step}. The last good state "
-            f"is kept in {backup.backup_dir}; lower --learning_rate and rerun to resume from it")
+        resume = ("lower --learning_rate and rerun to resume from it" if backup.generations
+                  else "lower --learning_rate and rerun")
+        raise NonFiniteLoss(f"training stopped: the loss became NaN/Inf at step {step}. "
+                            f"{backup.kept().capitalize()}; {resume}")
     if step < epochs * steps_per_epoch:  # no callback of ours stops early but the NaN one
         # Keras only warns when the input runs out ("Your input ran out of data"), and the
         # half-trained model would be exported. A repeated input runs out only when one pass
         # makes no batch at all (pipelines.input.make_dataset).
         raise UsageError(
-            f"the training data ran out at step {step} of {epochs * steps_per_epoch}: "
+            f"the training data ran out after {start + backup.batches_trained} of "
+            f"{epochs * steps_per_epoch} steps: "
             f"{train_pattern or 'the training input'} makes no full batch of --batch_tracks "
             "tracks of distinct videos, each at least --window_frames frames long; lower "
             "--batch_tracks or add videos")

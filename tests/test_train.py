@@ -234,9 +234,17 @@ def test_data_too_small_for_one_batch_is_an_error_not_an_export(random_shards, t
                          "--steps_per_epoch", "2", "--export_dir", str(tmp_path / "export")])
     assert result.returncode == 2, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("train.py: error: the training data ran out at step"), error
+    assert error.startswith("train.py: error: the training data ran out after 0 of 2 steps"), error
     assert f"{random_shards} makes no full batch" in error, error
     assert not (tmp_path / "export").exists()
+    # Nothing was trained, so nothing that looks trained is kept (an epoch checkpoint would be
+    # loaded by --init_from), and the corrected command is not refused as another run's.
+    assert not list(model_dir.glob("backup/*.h5")) and not list(model_dir.glob("checkpoints/*"))
+    result = run_script(["train.py", "--model_dir", str(model_dir), "--train_data",
+                         random_shards, *TINY, "--batch_tracks", "4", "--epochs", "1",
+                         "--steps_per_epoch", "2", "--no_export"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "never completed a step; starting it again" in result.stderr
 
 
 def test_shard_check_finds_truncation_corruption_and_count_mismatch(random_shards, tmp_path):
@@ -283,6 +291,13 @@ def test_resume_after_nan_keeps_last_good_checkpoint(random_shards, tmp_path):
     exploding = run_script(common + ["--epochs", "3", "--learning_rate", "1e30"])
     assert exploding.returncode == 3
     assert "loss became NaN/Inf" in exploding.stderr and "Traceback" not in exploding.stderr
+    # the message names what is kept (it promised a backup also where none existed)
+    kept = model_dir / "backup" / "step-000000003.weights.h5"
+    assert f"The last good state is step 3 in {kept}" in exploding.stderr, exploding.stderr
+    fresh = run_script(["train.py", "--train_data", random_shards, "--model_dir",
+                        str(tmp_path / "fresh"), "--steps_per_epoch", "3", "--no_export", *TINY,
+                        "--epochs", "1", "--learning_rate", "1e30"])
+    assert fresh.returncode == 3 and "No backup was written" in fresh.stderr, fresh.stderr
     assert json.loads((model_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 1
     assert backup.read_bytes() == saved  # the last good state was not overwritten
     resumed = run_script(common + ["--epochs", "2"])
