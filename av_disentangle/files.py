@@ -35,7 +35,7 @@ import signal
 import sys
 from typing import IO, Any, Callable, Iterable, Sequence
 
-from av_disentangle.errors import DiskFullError, is_disk_full
+from av_disentangle.errors import DiskFullError, UserError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +264,39 @@ def list_files(directory: PathLike, extensions: Iterable[str]) -> list[pathlib.P
             if name.lower().endswith(endings) and path.is_file():
                 found.append(path)
     return sorted(found)
+
+
+# === Run-directory lock ===
+class FolderInUse(UserError):
+    """Another live process holds the folder's lock."""
+
+
+def lock_folder(folder: PathLike, name: str = ".lock", what: str = "folder") -> IO | None:
+    """Takes an exclusive lock on `<folder>/<name>` for the life of this process (flock: the
+    OS releases it when the process ends, a kill -9 included, so it never stays stuck) and
+    writes this process's id into it. Returns the open lock file (keep it referenced), or None
+    for a remote folder (object stores have no locks: not checked there).
+
+    Raises:
+      FolderInUse: another process holds it (the message names its pid and the lock file).
+    """
+    if is_remote(folder):
+        log.debug("%s is remote: no lock taken", folder)
+        return None
+    import fcntl  # POSIX only, like the rest of the crash-safety here
+
+    path = os.path.join(str(folder), name)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise FolderInUse(f"{what} {folder} is in use by another process (pid {holder}, lock "
+                          f"{path}): wait for it to finish, or use another {what}")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

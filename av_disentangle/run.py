@@ -25,7 +25,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from av_disentangle import checkpoints, compat, files
+from av_disentangle import checkpoints, compat, errors, files
 from av_disentangle.config import LEGACY_MODEL_VALUES, ModelConfig
 from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
 from av_disentangle.pretrained import check_init_from, load_streams
@@ -467,6 +467,23 @@ def export(model: keras.Model, model_config: ModelConfig, *, model_dir: str, ste
 
 
 # === The whole run ===
+class InterruptionHint(keras.callbacks.Callback):
+    """Keeps what a Ctrl-C should say current (`errors.run_cli`): the step reached and the
+    backup a rerun resumes from."""
+
+    def __init__(self, backup: checkpoints.CrashSafeBackup):
+        super().__init__()
+        self.backup = backup
+        errors.INTERRUPTION_HINT[:] = [" before the first step; rerun the same command"]
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        newest = self.backup.generations[0].step if self.backup.generations else None
+        resume = (f"resumes from the backup of step {newest}" if newest is not None
+                  else "starts again: no step was backed up yet")
+        errors.INTERRUPTION_HINT[:] = [f" at step {step}; rerun the same command: it {resume}"]
+
+
 def train(settings: Settings) -> tuple[str | None, bool]:
     """Checks, trains (resuming if `--model_dir` holds a backup) and exports.
 
@@ -481,12 +498,17 @@ def train(settings: Settings) -> tuple[str | None, bool]:
     plan = prepare(settings)
     strategy, model = build(settings, plan)
     chief = is_chief(strategy)
+    # One writer per run directory (and worker): a second training into it raced the first at
+    # export and duplicated its TensorBoard points. Held until this process ends.
+    lock = files.lock_folder(run.model_dir, ".lock" if chief else
+                             f".lock-worker-{worker_index(strategy)}", what="--model_dir")
     if chief:  # (the chief alone cleans up temp files: the workers share model_dir)
         start_run_dir(run.model_dir, plan, strategy.num_replicas_in_sync)
     backup, start = restore(model, strategy, settings, chief)
     callbacks = make_callbacks(run.model_dir, backup, chief=chief,
                                log_every_steps=run.log_every_steps,
                                profile_steps=parse_profile_steps(run.profile_steps))
+    callbacks.insert(0, InterruptionHint(backup))
     val_dataset = dataset_maker(settings, plan, plan.val_files)(0) if plan.val_files else None
     step = fit(model, dataset_maker(settings, plan, plan.train_files, run.data_service),
                start=start,
@@ -498,6 +520,8 @@ def train(settings: Settings) -> tuple[str | None, bool]:
     if run.no_export or not chief:
         return None, False
     weights_sha = backup.generations[0].sha256 if backup.generations else None
-    return export(model, settings.model, model_dir=run.model_dir, step=step,
-                  weights_sha256=weights_sha, export_dir=run.export_dir,
-                  export_root=run.export_root, export_name=run.export_name)
+    result = export(model, settings.model, model_dir=run.model_dir, step=step,
+                    weights_sha256=weights_sha, export_dir=run.export_dir,
+                    export_root=run.export_root, export_name=run.export_name)
+    del lock  # (held to here)
+    return result

@@ -524,3 +524,57 @@ def test_a_disk_too_full_for_a_checkpoint_is_refused_before_writing(tmp_path):
         assert os.listdir(mount) == []  # nothing half-written
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def _start_training(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, marker: str, timeout: float = 240) -> str:
+    """The process's output up to the first line containing `marker`."""
+    import time
+
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    proc.kill()
+    raise AssertionError(f"no {marker!r} in: {''.join(seen)[-2000:]}")
+
+
+@pytest.mark.slow
+def test_one_training_per_model_dir_and_ctrl_c_says_where_to_resume(random_shards, tmp_path):
+    """Two trainings in one model_dir ran side by side (racing at export, every TensorBoard
+    point twice); Ctrl-C printed a KeyboardInterrupt traceback."""
+    model_dir = str(tmp_path / "run")
+    args = ["--train_data", random_shards, "--model_dir", model_dir, *TINY, "--epochs", "500",
+            "--steps_per_epoch", "1", "--no_export", "--verbose", "2"]
+    first = _start_training(args)
+    try:
+        _wait_for(first, "Epoch 3/500")
+        second = run_script(["train.py", *args])
+        assert second.returncode == 2
+        line = second.stderr.strip().splitlines()[-1]
+        assert line == (f"train.py: error: --model_dir {model_dir} is in use by another "
+                        f"process (pid {first.pid}, lock {model_dir}/.lock): wait for it to "
+                        "finish, or use another --model_dir"), line
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130, out[-2000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-2000:]
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"train\.py: interrupted at step \d+; rerun the same command: it "
+                        r"resumes from the backup of step \d+", last), last
+    # the lock went with the process: the same command resumes
+    resumed = run_script(["train.py", *args[:-7], "--epochs", "4", "--steps_per_epoch", "1",
+                          "--no_export"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at step" in resumed.stderr or "is complete" in resumed.stderr
