@@ -290,8 +290,8 @@ class CrashSafeBackup(keras.callbacks.Callback):
     def kept(self) -> str:
         """What a rerun resumes from, in words (for error messages)."""
         if not self.generations:
-            return (f"no backup was written (no step completed before it); {self.backup_dir} "
-                    "holds nothing to resume")
+            return (f"no backup was written before that ({self.backup_dir} holds nothing to "
+                    "resume)")
         newest = self.generations[0]
         return (f"the last good state is step {newest.step} in "
                 f"{os.path.join(self.backup_dir, newest.weights)}")

@@ -273,12 +273,28 @@ class TrainConfig:
 
 
 # === Flags generated from the dataclasses (each default and choice written once) ===
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where there is none to show: "(default: None)" after a
+    help text that says what happens without the flag read as noise."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
     """One `--<field>` flag per field of the dataclass `cls` (fields made with `field`), with
-    its default, type, choices and help. Booleans are `--x` / `--no-x`."""
+    its default, type, choices and help. Booleans are `--x` / `--no-x` (a field named `no_...`
+    only `--no_...`)."""
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if meta.get("flag", True) is False or "help" not in meta:
+            continue
+        if isinstance(f.default, bool) and f.name.startswith("no_"):
+            # `--no_export` has no `--no-no_export`: a negative flag is only ever switched on
+            parser.add_argument(f"--{f.name}", action="store_true", default=f.default,
+                                help=meta["help"])
             continue
         if isinstance(f.default, bool):
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,

@@ -19,9 +19,9 @@ import os
 import sys
 from typing import Any, Sequence
 
-from av_disentangle.config import (FRONT_ENDS, MODEL_SIZES, LossConfig, ModelConfig,
-                                   TrainConfig, add_flags, check_choice, field, from_flags,
-                                   to_dict)
+from av_disentangle.config import (FRONT_ENDS, MODEL_SIZES, HelpFormatter, LossConfig,
+                                   ModelConfig, TrainConfig, add_flags, check_choice, field,
+                                   from_flags, to_dict)
 from av_disentangle.logs import native_stderr_silenced
 from av_disentangle.supervised_config import SupervisedConfig
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     SupervisedConfig, plus `--config`."""
     p = argparse.ArgumentParser(
         prog="train.py", description="Train the two-stream disentangling model and export a "
-        "SavedModel.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "SavedModel.", formatter_class=HelpFormatter)
     p.add_argument("--config", help="JSON file of flag values (local or remote); command-line "
                    "flags override it")
     add_flags(p, RunConfig)

@@ -20,9 +20,11 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from typing import Any, Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from av_disentangle import checkpoints, compat, errors, files
@@ -361,6 +363,16 @@ def restore(model: keras.Model, strategy: tf.distribute.Strategy, settings: Sett
     return backup, start
 
 
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first NaN/Inf loss, as keras.callbacks.TerminateOnNaN, without
+    its "Invalid loss, terminating training" print: `fit` says it once, naming what is kept."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.model.stop_training = True
+
+
 def make_callbacks(model_dir: str, backup: checkpoints.CrashSafeBackup, *, chief: bool,
                    log_every_steps: int,
                    profile_steps: tuple[int, int] | None) -> list[keras.callbacks.Callback]:
@@ -368,7 +380,7 @@ def make_callbacks(model_dir: str, backup: checkpoints.CrashSafeBackup, *, chief
     an epoch's checkpoint and logs are written before its backup."""
     from av_disentangle.summaries import ScalarLogger
 
-    callbacks = [keras.callbacks.TerminateOnNaN()]
+    callbacks = [StopOnNonFinite()]
     if chief:
         callbacks += [checkpoints.EpochCheckpoint(os.path.join(model_dir, "checkpoints")),
                       ScalarLogger(os.path.join(model_dir, "logs"), log_every_steps,
@@ -389,11 +401,14 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
     from pipelines.input import list_shards
 
     try:
-        step = checkpoints.resumable_fit(
-            model, make_train_dataset, start_step=start, epochs=epochs,
-            steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-            validation_data=val_dataset,
-            validation_steps=validation_steps if val_dataset else None)
+        with warnings.catch_warnings():
+            # Keras only warns when the input runs out; the check below says it as an error.
+            warnings.filterwarnings("ignore", message=".*ran out of data.*")
+            step = checkpoints.resumable_fit(
+                model, make_train_dataset, start_step=start, epochs=epochs,
+                steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                validation_data=val_dataset,
+                validation_steps=validation_steps if val_dataset else None)
     except tf.errors.DataLossError as e:
         found = [f for pattern in shard_patterns for f in list_shards(pattern)]
         log.info("a record failed its checksum; checking all %d shards to name it", len(found))

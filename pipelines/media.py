@@ -320,7 +320,16 @@ def _decode_open(container, path: str, av_offset_frames: int, max_side: int | No
                        first_frame=first)
 
 
-def decode_audio_file(path: str, sample_format: str = "s16") -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class SourceAudio:
+    """What an audio file held before `decode_audio_file` converted it (16 kHz mono)."""
+
+    sample_rate: int
+    channels: int
+
+
+def decode_audio_file(path: str, sample_format: str = "s16",
+                      source: list | None = None) -> np.ndarray:
     """Decodes any FFmpeg-readable audio file (wav, flac, m4a, or a video's first audio
     stream) to (S,) int16 mono at 16 kHz, with the same PyAV resampler settings as
     `decode_clip` (s16, mono, 16 kHz).
@@ -329,6 +338,7 @@ def decode_audio_file(path: str, sample_format: str = "s16") -> np.ndarray:
       sample_format: "s16" (int16, as `decode_clip`) or "flt" (float32 in [-1, 1] as FFmpeg
         converts it; the same values / 32768 for 16-bit sources, and it keeps the NaN/Inf of
         a float file, which "s16" would turn into full-scale samples: `evaluate` reports them).
+      source: a list to append the file's `SourceAudio` (rate, channels) to.
 
     Raises:
       MediaError: `corrupt` (cannot open / decode), `no_audio`, or `empty` (no samples).
@@ -338,9 +348,13 @@ def decode_audio_file(path: str, sample_format: str = "s16") -> np.ndarray:
     with _opened(path) as container:
         if not container.streams.audio:
             raise MediaError(path, "no_audio", "no audio stream")
+        stream = container.streams.audio[0]
+        if source is not None:  # the caller wants to know what was converted
+            source.append(SourceAudio(int(stream.codec_context.sample_rate or 0),
+                                      int(stream.codec_context.channels or 0)))
         resampler = av.AudioResampler(format=sample_format, layout="mono", rate=SAMPLE_RATE)
         chunks = []
-        for frame in container.decode(container.streams.audio[0]):
+        for frame in container.decode(stream):
             chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
         chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
     audio = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(0, dtype)

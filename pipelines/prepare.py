@@ -658,36 +658,46 @@ def prepare_bundled_samples(output_dir: str | os.PathLike, face_size: int = 112,
 # === CLI ===
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
     p = argparse.ArgumentParser(prog="python -m pipelines.prepare", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=("voxceleb2", "videos"), required=True)
+        "\n\n")[0], formatter_class=Formatter)
+    p.add_argument("--source", choices=("voxceleb2", "videos"), required=True,
+                   help="voxceleb2: mp4/<id>/<video>/<utt>.mp4 with txt/ offsets; videos: any "
+                        "folder of videos, identity from the first folder level")
     p.add_argument("--input", required=True, help="input folder")
     p.add_argument("--output", required=True, help="output folder (shards, manifest, report)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="local worker processes (default: all cores)")
+                   help="local worker processes (this machine's cores)")
     p.add_argument("--num_shards", type=int, default=1,
                    help="number of independent jobs the shard list is split into")
     p.add_argument("--shard_index", type=int, default=0, help="which of those jobs this is")
-    p.add_argument("--face_size", type=int, default=112)
+    p.add_argument("--face_size", type=int, default=112,
+                   help="side of the stored square face crops, px: the model's face size "
+                        "(224 for --model_size reference; training refuses to upsample)")
     p.add_argument("--min_frames", type=int, default=50,
                    help="skip clips shorter than this many frames (the training window)")
-    p.add_argument("--tracks_per_shard", type=int, default=64)
+    p.add_argument("--tracks_per_shard", type=int, default=64,
+                   help="tracks per TFRecord shard (rerunning with another value rewrites the "
+                        "folder's shards)")
     p.add_argument("--chunk_seconds", type=float, default=PrepareConfig.chunk_seconds,
                    help="store tracks as records of chunks of at least this many seconds "
                         "(a training example reads one chunk); must hold 2 x --min_frames; "
-                        "0: whole tracks (default: %(default)g)")
+                        "0: whole tracks")
     p.add_argument("--jpeg_quality", type=int, default=PrepareConfig.jpeg_quality,
-                   help="JPEG quality of the stored face crops, 1-100 (default: %(default)d)")
+                   help="JPEG quality of the stored face crops, 1-100")
     p.add_argument("--shard_seed", type=int, default=0,
                    help="seed of the random order in which tracks are dealt into shards")
     p.add_argument("--no_detect", action="store_true",
                    help="videos source: clips are face crops already, resize whole frames")
     p.add_argument("--max_side", type=int, default=720,
-                   help="downscale frames to this longer side before face detection")
+                   help="downscale frames to this longer side (px) before face detection")
     p.add_argument("--merge_only", action="store_true",
                    help="only rebuild manifest/report from the shard sidecars")
-    p.add_argument("--no_progress", action="store_true")
-    p.add_argument("--log_level", default="INFO")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="logging level (DEBUG also shows TensorFlow's start-up messages)")
     return p.parse_args(argv)
 
 

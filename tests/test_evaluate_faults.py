@@ -416,3 +416,33 @@ def test_all_videos_bad_is_an_error(model, videos, tmp_path, capsys):
     assert cli.main(["--task", "sync", "--model", model, "--videos", str(bad)]) == 2
     [msg] = error_lines(capsys.readouterr())
     assert "none of the 2 videos" in msg and "bad_empty.mp4" in msg
+
+
+def test_what_evaluation_does_to_unusual_audio_is_said_once_per_condition(model, tmp_path,
+                                                                          capsys):
+    """8 / 44.1 kHz files were resampled, stereo downmixed, short clips repeated and all-zero
+    files scored, all without a word: one warning line per condition, with the count."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "audio"
+    write_wav(root / "a" / "normal.wav", 0.1 * rng.normal(size=32000))
+    write_wav(root / "a" / "phone.wav", 0.1 * rng.normal(size=16000), rate=8000)
+    stereo = root / "b" / "stereo.wav"
+    stereo.parent.mkdir(parents=True)
+    with wave.open(str(stereo), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes((0.1 * rng.normal(size=(88200, 2)) * 32767).astype("<i2").tobytes())
+    write_wav(root / "b" / "short.wav", 0.1 * rng.normal(size=9000))
+    write_wav(root / "b" / "silent.wav", np.zeros(32000))
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a/normal.wav a/phone.wav\n0 a/normal.wav b/stereo.wav\n"
+                      "0 a/phone.wav b/short.wav\n0 a/normal.wav b/silent.wav\n")
+    assert cli.main(["--model", model, "--trials", str(trials), "--audio_root", str(root)]) == 0
+    warnings = warning_lines(capsys.readouterr())
+    assert "2 of 5 audio files resampled to 16 kHz from 8000/44100 Hz (e.g. a/phone.wav, " \
+           "b/stereo.wav)" in warnings, warnings
+    assert "1 of 5 audio files downmixed to mono (e.g. b/stereo.wav)" in warnings
+    assert "1 of 5 audio files shorter than a crop (2.000 s): repeated to fill it (e.g. " \
+           "b/short.wav)" in warnings
+    assert any(w.startswith("1 of 5 audio files all zeros") for w in warnings), warnings

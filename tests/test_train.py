@@ -235,6 +235,7 @@ def test_data_too_small_for_one_batch_is_an_error_not_an_export(random_shards, t
     assert result.returncode == 2, result.stderr[-3000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("train.py: error: the training data ran out after 0 of 2 steps"), error
+    assert "Your input ran out of data" not in result.stderr + result.stdout  # Keras' warning
     assert f"{random_shards} makes no full batch" in error, error
     assert not (tmp_path / "export").exists()
     # Nothing was trained, so nothing that looks trained is kept (an epoch checkpoint would be
@@ -291,6 +292,7 @@ def test_resume_after_nan_keeps_last_good_checkpoint(random_shards, tmp_path):
     exploding = run_script(common + ["--epochs", "3", "--learning_rate", "1e30"])
     assert exploding.returncode == 3
     assert "loss became NaN/Inf" in exploding.stderr and "Traceback" not in exploding.stderr
+    assert "Invalid loss" not in exploding.stdout + exploding.stderr  # Keras' TerminateOnNaN
     # the message names what is kept (it promised a backup also where none existed)
     kept = model_dir / "backup" / "step-000000003.weights.h5"
     assert f"The last good state is step 3 in {kept}" in exploding.stderr, exploding.stderr
@@ -578,3 +580,28 @@ def test_one_training_per_model_dir_and_ctrl_c_says_where_to_resume(random_shard
                           "--no_export"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming at step" in resumed.stderr or "is complete" in resumed.stderr
+
+
+def test_help_texts_show_real_defaults_and_no_double_negative():
+    help_text = run_script(["train.py", "--help"]).stdout
+    assert "(default: None)" not in help_text and "--no-no_export" not in help_text
+    assert "--no_export " in help_text and "--no-skip_bad_shards" in help_text
+    prepare_help = run_script(["-m", "pipelines.prepare", "--help"]).stdout
+    for flag, default in (("--face_size", "112"), ("--min_frames", "50"),
+                          ("--tracks_per_shard", "64"), ("--shard_seed", "0"),
+                          ("--log_level", "INFO"), ("--max_side", "720")):
+        block = prepare_help.split(f"  {flag}", 1)[1].split("\n  --", 1)[0]
+        assert f"(default: {default})" in " ".join(block.split()), (flag, block)
+
+
+@pytest.mark.parametrize("command", [["-m", "pipelines.input", "--help"],
+                                     ["-m", "pipelines.prepare", "--help"],
+                                     ["-m", "pipelines.synthetic", "--help"],
+                                     ["-m", "pipelines.data_service", "--help"]])
+def test_pipelines_commands_keep_tensorflows_start_up_lines_off_stderr(command):
+    """As a user runs them (no TF_CPP_MIN_LOG_LEVEL set): no oneDNN / cuInit lines."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, text=True,
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == "", result.stderr[-2000:]

@@ -32,10 +32,53 @@ from pipelines.media import MediaError, decode_audio_file
 logger = logging.getLogger(__name__)
 
 
-def load_audio(path: str | os.PathLike) -> np.ndarray:
+class AudioConditions:
+    """Counts what evaluation did to files silently before: resampled to 16 kHz, downmixed to
+    mono, repeated to fill a crop, or all zeros (scored as they are); `summary_lines` gives
+    one line per condition that occurred, with the count and examples."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, list[str]] = {"resampled": [], "downmixed": [], "repeated": [],
+                                            "silent": []}
+        self.rates: set[int] = set()
+        self.total = 0
+
+    def note(self, path: str, source, wav: np.ndarray, crop_samples: int) -> None:
+        self.total += 1
+        if source is not None and source.sample_rate not in (0, SAMPLE_RATE):
+            self.files["resampled"].append(path)
+            self.rates.add(source.sample_rate)
+        if source is not None and source.channels > 1:
+            self.files["downmixed"].append(path)
+        if wav.shape[0] < crop_samples:
+            self.files["repeated"].append(path)
+        if not np.any(wav):
+            self.files["silent"].append(path)
+
+    def summary_lines(self, crop_samples: int) -> list[str]:
+        what = {"resampled": f"resampled to 16 kHz from "
+                             f"{'/'.join(str(r) for r in sorted(self.rates))} Hz",
+                "downmixed": "downmixed to mono",
+                "repeated": f"shorter than a crop ({crop_samples / SAMPLE_RATE:.3f} s): "
+                            "repeated to fill it",
+                "silent": "all zeros: embedded and scored as they are (their scores mean "
+                          "nothing)"}
+        lines = []
+        for key, paths in self.files.items():
+            if paths:
+                examples = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+                lines.append(f"{len(paths)} of {self.total} audio files {what[key]} "
+                             f"(e.g. {examples})")
+        return lines
+
+
+def load_audio(path: str | os.PathLike, source: list | None = None) -> np.ndarray:
     """Decodes any FFmpeg-readable audio (or a video's audio) to mono float32 at 16 kHz with
     `pipelines.media.decode_audio_file` (float samples, so that NaN/Inf in a float file are
     seen and reported instead of being turned into full-scale clicks).
+
+    Args:
+        source: a list to append the file's `pipelines.media.SourceAudio` to.
 
     Returns:
         (S,) float32 waveform in [-1, 1].
@@ -45,7 +88,7 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
             NaN/Inf samples.
     """
     try:
-        wav = decode_audio_file(str(path), sample_format="flt")
+        wav = decode_audio_file(str(path), sample_format="flt", source=source)
     except MediaError as err:
         raise EvaluationError(f"cannot decode audio file {err}") from err
     bad = np.flatnonzero(~np.isfinite(wav))
@@ -129,20 +172,25 @@ def embed_files(model: ExportedModel, paths: Sequence[str], audio_root: str | os
     if num_crops < 1 or batch_size < 1:
         raise EvaluationError("--num_crops and --batch_size must be at least 1")
     bad: dict[str, str] = {}
+    conditions = AudioConditions()
 
     def file_crops() -> Iterator[np.ndarray]:
         for p in tqdm(paths, desc="embedding", unit="file", mininterval=1.0):
+            source: list = []
             try:
-                wav = load_audio(os.path.join(audio_root, p))
+                wav = load_audio(os.path.join(audio_root, p), source)
             except EvaluationError as err:
                 if not skip_bad:
                     raise EvaluationError(f"{err} (--skip_missing drops the trials of files "
                                           "that cannot be used)") from err
                 bad[p] = str(err)
                 continue
+            conditions.note(p, source[0] if source else None, wav, crop_samples)
             yield crop_waveform(wav, num_crops, crop_samples)
 
     emb = embed_in_batches(model, file_crops(), batch_size)
+    for line in conditions.summary_lines(crop_samples):
+        logger.warning(line)
     if emb.shape[0] == 0:
         raise EvaluationError(f"none of the {len(paths)} audio files could be used, e.g. "
                               f"{next(iter(bad.values()), '')}")
