@@ -196,6 +196,7 @@ def test_verification_corrupt_file_named(standin_model, tone_root, tmp_path):
         verification.run_verification(args)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_librispeech(standin_model, tmp_path):
     trials = tmp_path / "ls.txt"
     r = run_cli("--make_trials", str(LIBRISPEECH), "--trials_out", str(trials))

@@ -225,6 +225,7 @@ def test_unusable_model_dir_and_bad_shards_are_one_line_errors(random_shards, tm
     assert not (tmp_path / "run" / "config.json").exists()  # nothing written before the checks
 
 
+@pytest.mark.slow
 def test_data_too_small_for_one_batch_is_an_error_not_an_export(random_shards, tmp_path):
     # 12 tracks cannot make a batch of 16: Keras only warns that the input ran out, and the
     # untrained model used to be exported with exit status 0.
@@ -485,6 +486,7 @@ def test_a_failed_export_is_not_remembered(tmp_path, monkeypatch):
         "export_dir": str(tmp_path / "old" / "1"), "step": 3, "weights_sha256": "old"}
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes(random_shards, tmp_path):
     """Training on a full disk printed 1,023 lines (226 h5py tracebacks) and ended in SIGSEGV.
     The disk fills (injected ENOSPC) while the second backup is written: one line naming the
