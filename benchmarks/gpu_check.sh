@@ -8,8 +8,8 @@
 #   env          GPUs, Python, TensorFlow and torch versions
 #   step_fp32    ours, reference size, batch 30 x 50 frames at 224x224, stride 2, float32
 #   step_fp16    the same, mixed float16 (loss scaling)
-#   torch_fp32   the PyTorch reference (SyncNetModelFBank + its step), same input and stride
-#   torch_fp16   the same under torch.autocast float16
+#   torch_fp32   the reference's own code (SyncNetDist.train_network), same input and stride
+#   torch_fp16   the same under torch.autocast float16 (its code has no GradScaler)
 #   input        benchmarks/input_pipeline.py on all cores (--threads 0), bundled clips stored at
 #                224 and 112 in 4 s chunks: clips/s, CPU-ms and MB read per clip
 #   mirrored     train.py under MirroredStrategy (all GPUs), reference model, batch 30,
@@ -31,13 +31,15 @@ WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 
 if [ "$QUICK" = 1 ]; then
-  STEP_ARGS=(--sizes tiny --modes none --batch 2 --frames 9 --steps 1 --warmup 1)
-  TORCH_ARGS=(--batch 1 --frames 9 --steps 1 --warmup 1)
+  STEP_ARGS=(--batch 2 --frames 13 --steps 1 --warmup 1)
+  STEP_SIZE=tiny
+  TORCH_ARGS=(--batch 2 --frames 13 --steps 1 --warmup 1)  # its top-2 identity accuracy: >= 2
   INPUT_ARGS=(--seconds 2 --sizes 64 --chunk_seconds 0 --window_frames 15 --rounds 1)
   TRAIN_ARGS=(--model_size tiny --batch_tracks 2 --window_frames 15 --steps_per_epoch 2)
   T_STEP=240; T_TORCH=120; T_INPUT=240; T_TRAIN=240; BUDGET=${GPU_CHECK_BUDGET_S:-1200}
 else
-  STEP_ARGS=(--sizes reference --modes none --batch 30 --frames 50 --steps 10 --warmup 3)
+  STEP_ARGS=(--batch 30 --frames 50 --steps 10 --warmup 3)
+  STEP_SIZE=reference
   TORCH_ARGS=(--batch 30 --frames 50 --steps 10 --warmup 3)
   INPUT_ARGS=(--seconds 20 --sizes 224,112 --chunk_seconds 4 --window_frames 50 --rounds 2)
   TRAIN_ARGS=(--model_size reference --batch_tracks 30 --window_frames 50 --steps_per_epoch 10)
@@ -84,14 +86,16 @@ try:
 except ImportError as e:
     print("torch missing:", e)
 '
-run_part step_fp32 "$T_STEP" "$TF_PY" benchmarks/train_step.py "${STEP_ARGS[@]}" --no_torch \
-  --json "$WORK/step_fp32.json"
-run_part step_fp16 "$T_STEP" "$TF_PY" benchmarks/train_step.py "${STEP_ARGS[@]}" --no_torch \
-  --mixed_precision --json "$WORK/step_fp16.json"
+run_part step_fp32 "$T_STEP" "$TF_PY" benchmarks/train_step.py "${STEP_ARGS[@]}" \
+  --rows "ours:$STEP_SIZE:float32" --json "$WORK/step_fp32.json"
+run_part step_fp16 "$T_STEP" "$TF_PY" benchmarks/train_step.py "${STEP_ARGS[@]}" \
+  --rows "ours:$STEP_SIZE:float16" --json "$WORK/step_fp16.json"
+# The reference's own code (benchmarks/reference_code.py): carry its files as
+# .reference/syncnet_trainer (gitignored) or point SYNCNET_TRAINER at a checkout.
 run_part torch_fp32 "$T_TORCH" "$TORCH_PY" benchmarks/train_step.py "${TORCH_ARGS[@]}" \
-  --no_ours --json "$WORK/torch_fp32.json"
+  --rows torch:reference:float32 --json "$WORK/torch_fp32.json"
 run_part torch_fp16 "$T_TORCH" "$TORCH_PY" benchmarks/train_step.py "${TORCH_ARGS[@]}" \
-  --no_ours --mixed_precision --json "$WORK/torch_fp16.json"
+  --rows torch:reference:float16 --json "$WORK/torch_fp16.json"
 run_part input "$T_INPUT" "$TF_PY" benchmarks/input_pipeline.py "${INPUT_ARGS[@]}" --threads 0 \
   --json "$WORK/input.json"
 run_part mirrored "$T_TRAIN" "$TF_PY" train.py "${TRAIN_ARGS[@]}" --epochs 1 --no_export \
