@@ -90,3 +90,55 @@ class ScaledCosine(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "init_scale": self.init_scale,
                 "init_bias": self.init_bias}
+
+
+@keras.saving.register_keras_serializable(package="av_disentangle")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """keras.layers.BatchNormalization computed by one fused kernel (FusedBatchNormV3, oneDNN on
+    CPU): the same weights, checkpoints, momentum and epsilon, in and out in the compute dtype.
+
+    Why: Keras 3's BatchNormalization builds moments and the normalisation from elementwise ops
+    and upcasts bfloat16 / float16 inputs to float32 first; in our `reference` step those ops
+    (Mul, Sum, Mean, Tile, SquaredDifference, Sub) took 12% of float32 op time and, with the
+    casts, 29% under mixed bfloat16 (`python -m benchmarks.step_profile`). The fused kernel
+    takes bf16 / f16 inputs with float32 statistics and returns the UNBIASED batch variance for
+    the moving average, as PyTorch's BatchNorm does (the reference); Keras' is biased. Batch
+    normalisation itself uses the biased variance in both. Falls back to Keras' computation for
+    what the kernel does not take: float64 inputs, masks, renorm, an axis other than the last,
+    inputs of rank > 4, and no scale or centre.
+
+    Inputs (B, C), (B, T, C) or (B, H, W, C); normalised over all but the last axis.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (mask is None and not self.renorm and self.scale and self.center
+                and self.axis in (-1, [-1], [len(inputs.shape) - 1])
+                and 2 <= len(inputs.shape) <= 4
+                and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16))
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        rank = len(inputs.shape)
+        x = inputs
+        if rank < 4:  # NHWC with singleton spatial axes
+            x = tf.reshape(x, tf.concat([tf.shape(x)[:1], tf.ones([4 - rank], tf.int32),
+                                         tf.shape(x)[1:]], 0) if rank == 2 else
+                           tf.concat([tf.shape(x)[:2], [1], tf.shape(x)[2:]], 0))
+        gamma = tf.cast(self.gamma, tf.float32)
+        beta = tf.cast(self.beta, tf.float32)
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(self.moving_variance * momentum
+                                        + variance * (1.0 - momentum))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                data_format="NHWC", is_training=False)
+        if rank < 4:
+            y = tf.reshape(y, tf.shape(inputs))
+        return tf.cast(y, self.compute_dtype)

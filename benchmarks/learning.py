@@ -1012,6 +1012,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of configuration names (default: all)")
     p.add_argument("--workdir", default=os.path.join("/tmp", "av_learning"),
                    help="cache of the generated synthetic worlds, and TensorBoard curves")
+    p.add_argument("--mixed_precision", default="none", choices=("none", "bfloat16", "float16"),
+                   help="train and evaluate every model under this Keras mixed-precision "
+                        "policy (train.py --mixed_precision; issue 25's learning parity)")
     p.add_argument("--jpeg_quality", type=int, default=90,
                    help="JPEG quality of the synthetic worlds' frames (pipelines.prepare "
                         "--jpeg_quality; issue 15)")
@@ -1073,6 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_untrained = True
 
+    if args.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(f"mixed_{args.mixed_precision}")
     if args.real:
         return run_real(configs, steps or preset.steps, seeds[0])
 
@@ -1150,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     payload = {"mode": "quick" if args.quick else "full", "seeds": seeds,
                "data_seeds": data_seeds, "correlations": correlations,
-               "jpeg_quality": args.jpeg_quality,
+               "jpeg_quality": args.jpeg_quality, "mixed_precision": args.mixed_precision,
                "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
                "chance": chance, "total_seconds": time.time() - t_start,
                "tables": [{"correlation": c, "rows": by_corr[c]} for c in correlations],
@@ -1168,7 +1173,9 @@ def _nan_for_none(obj):
     return obj
 
 
-SETTING_KEYS = ("jpeg_quality",)  # run settings outside the preset that runs must share to merge
+# Run settings outside the preset that runs must share to merge, and the value of each in
+# results written before it was recorded.
+SETTING_KEYS = {"jpeg_quality": 90, "mixed_precision": "none"}
 
 
 def merge_payloads(payloads: list[dict]) -> dict:
@@ -1182,10 +1189,10 @@ def merge_payloads(payloads: list[dict]) -> dict:
         if other["preset"] != first["preset"]:
             raise ValueError("cannot merge results of different presets (world, model, steps): "
                              f"{first['preset']} vs {other['preset']}")
-        for key in SETTING_KEYS:
-            if other.get(key, 90) != first.get(key, 90):  # 90: written before the key was
+        for key, old in SETTING_KEYS.items():
+            if other.get(key, old) != first.get(key, old):
                 raise ValueError(f"cannot merge results of different {key}: "
-                                 f"{first.get(key, 90)} vs {other.get(key, 90)}")
+                                 f"{first.get(key, old)} vs {other.get(key, old)}")
     results: dict[float, dict[str, list]] = {}
     timings: dict[float, dict[str, list]] = {}
     for payload in payloads:
@@ -1215,7 +1222,7 @@ def merge_payloads(payloads: list[dict]) -> dict:
             "tables": [{"correlation": c, "rows": make_rows(results[c], timings[c])}
                        for c in correlations],
             "curves": curves, "merged_from": len(payloads),
-            **{key: first.get(key, 90) for key in SETTING_KEYS}}
+            **{key: first.get(key, old) for key, old in SETTING_KEYS.items()}}
 
 
 def report(payload: dict, curve_png: str = "", out: str = "") -> None:

@@ -262,11 +262,14 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
     raise SystemExit(f"row kind must be ours, torch or embed, got {kind!r}")
 
 
-def interleaved(rows: list[str], args: argparse.Namespace, argv: list[str]) -> dict:
+def interleaved(rows: list[str], args: argparse.Namespace) -> dict:
     """Each row in its own process, `rounds` times, the order rotated every round, so the
     machine's load drifts over all rows alike; median, min and max per row."""
     results: dict[str, list[dict]] = {row: [] for row in rows}
-    passthrough = [a for a in argv if not a.startswith(("--rounds", "--rows", "--json"))]
+    passthrough = ["--mode", args.mode, "--batch", str(args.batch), "--frames",
+                   str(args.frames), "--stride", str(args.stride), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--reference", args.reference,
+                   *(["--audio_2"] if args.audio_2 else [])]
     for r in range(args.rounds):
         order = rows[r % len(rows):] + rows[:r % len(rows)]
         for row in order:
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"device: {result['device']}  batch {args.batch} tracks x {args.frames} frames, "
               f"temporal stride {args.stride}, {args.warmup} warm-up + {args.steps} timed steps")
     if args.rounds:
-        result.update(interleaved(rows, args, argv))
+        result.update(interleaved(rows, args))
         print(f"\n{'row':<30}{'runs':>5}{'median/s':>10}{'min':>9}{'max':>9}{'ms/step':>10}"
               f"{'params':>12}")
         for r in result["summary"]:
