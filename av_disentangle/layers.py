@@ -112,7 +112,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def _fusable(self, inputs, mask) -> bool:
         return (mask is None and not self.renorm and self.scale and self.center
-                and self.axis in (-1, [-1], [len(inputs.shape) - 1])
+                and self.axis in (-1, len(inputs.shape) - 1)
                 and 2 <= len(inputs.shape) <= 4
                 and inputs.dtype in (tf.float32, tf.bfloat16, tf.float16))
 
@@ -120,11 +120,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         rank = len(inputs.shape)
-        x = inputs
-        if rank < 4:  # NHWC with singleton spatial axes
-            x = tf.reshape(x, tf.concat([tf.shape(x)[:1], tf.ones([4 - rank], tf.int32),
-                                         tf.shape(x)[1:]], 0) if rank == 2 else
-                           tf.concat([tf.shape(x)[:2], [1], tf.shape(x)[2:]], 0))
+        # (B, C) / (B, T, C) -> (N, 1, 1, C): the kernel's NHWC, same statistics per channel.
+        x = inputs if rank == 4 else tf.reshape(inputs, [-1, 1, 1, inputs.shape[-1]])
         gamma = tf.cast(self.gamma, tf.float32)
         beta = tf.cast(self.beta, tf.float32)
         if training and self.trainable:

@@ -27,8 +27,9 @@ def test_reestimated_statistics_are_those_of_the_final_weights():
     audio = np.concatenate([batch[AUDIO], batch[AUDIO_2]])
     model.face_stream(batch[FRAMES]), model.audio_stream(audio)  # build
 
-    def gap(stream, x):
-        train, infer = stream(x, training=True), stream(x, training=False)
+    def gap(stream, x):  # inference first: a training call moves the moving statistics
+        infer = stream(x, training=False)
+        train = stream(x, training=True)
         return max(float(np.max(np.abs(train[k] - infer[k]))) for k in train)
 
     layers = stream_batchnorm_layers(model)
@@ -39,6 +40,7 @@ def test_reestimated_statistics_are_those_of_the_final_weights():
     # Each layer now holds its input's batch mean and unbiased batch variance (as PyTorch's
     # BatchNorm, layers.FusedBatchNormalization), so inference mode reproduces training mode
     # up to that n / (n - 1): close, where the fresh statistics were far off.
+    # Undoing that n / (n - 1), inference mode reproduces training mode on the batch.
     for stream, x in ((model.face_stream, batch[FRAMES]), (model.audio_stream, audio)):
         for layer in (l for l in stream.layers if l in layers):
             seen = keras.Model(stream.input, layer.input)(x, training=True).numpy()
@@ -47,8 +49,10 @@ def test_reestimated_statistics_are_those_of_the_final_weights():
                                        atol=1e-5, err_msg=layer.name)
             np.testing.assert_allclose(layer.moving_variance.numpy(), seen.var(0, ddof=1),
                                        rtol=1e-3, atol=1e-6, err_msg=layer.name)
-    assert gap(model.face_stream, batch[FRAMES]) < 0.2
-    assert gap(model.audio_stream, audio) < 0.2
+        for layer in (l for l in stream.layers if l in layers):  # after all were read
+            n = int(np.prod(keras.Model(stream.input, layer.input)(x).shape[:-1]))
+            layer.moving_variance.assign(layer.moving_variance * ((n - 1) / n))
+        assert gap(stream, x) < 1e-3, stream.name
     assert {layer.momentum for layer in layers} == {0.9}
     for before, after in zip(weights, model.trainable_weights):
         np.testing.assert_array_equal(before, after.numpy())
