@@ -14,6 +14,9 @@ shapes) and fails with InvalidArgumentError and a message naming the problem: wr
 (expected (batch, samples) / (batch, time, H, W, 3)), sample_rate != 16000, too short, or NaN/Inf
 samples in the waveform (with the offending batch rows). Frames are uint8, always finite.
 Layout: `<export_root>/<name>/<version>/` with an integer version, as TF Serving expects.
+The export computes in float32 whatever precision the model was trained in (a bf16-trained
+model is served from float32 copies of its float32 weights), so it runs on any CPU or GPU
+TF Serving runs on; `compute_dtype=None` keeps the streams' own mixed policy (benchmarks).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from av_disentangle import losses
 from av_disentangle.config import ModelConfig, to_dict
 from av_disentangle.constants import SAMPLE_RATE
 from av_disentangle.errors import DiskFullError, is_disk_full
-from av_disentangle.streams import CONTENT, IDENTITY
+from av_disentangle.streams import CONTENT, IDENTITY, build_audio_stream, build_face_stream
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +199,40 @@ def _move_folder(tmp_dir: str, export_dir: str) -> None:
     tf.io.gfile.rmtree(tmp_dir)
 
 
+def computes_in_float32(stream: keras.Model) -> bool:
+    """Whether every layer of `stream` computes in float32 (no mixed-precision policy)."""
+    return all(layer.compute_dtype == "float32" for layer in stream._flatten_layers())
+
+
+def float32_streams(face_stream: keras.Model, audio_stream: keras.Model,
+                    config: ModelConfig) -> tuple[keras.Model, keras.Model]:
+    """The two streams rebuilt under the float32 policy with the same (float32) weights;
+    streams that already compute in float32 are returned as they are."""
+    if computes_in_float32(face_stream) and computes_in_float32(audio_stream):
+        return face_stream, audio_stream
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        face, audio = build_face_stream(config), build_audio_stream(config)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    face.set_weights(face_stream.get_weights())
+    audio.set_weights(audio_stream.get_weights())
+    return face, audio
+
+
 def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
                        config: ModelConfig, export_dir: str,
-                       extra_json: dict[str, dict] | None = None) -> str:
+                       extra_json: dict[str, dict] | None = None,
+                       compute_dtype: str | None = "float32") -> str:
     """Writes the SavedModel to `export_dir` (a versioned dir, local or remote) plus
     `model_config.json` and any `extra_json` files (name -> JSON object), all inside the
-    folder before it gets its final name."""
+    folder before it gets its final name. `compute_dtype` "float32": served in float32
+    (`float32_streams`); None: as the streams compute (their mixed policy)."""
+    if compute_dtype not in ("float32", None):
+        raise ValueError(f"compute_dtype must be 'float32' or None, got {compute_dtype!r}")
+    if compute_dtype == "float32":
+        face_stream, audio_stream = float32_streams(face_stream, audio_stream, config)
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"export directory {export_dir} already exists; TF Serving "
                               "versions are immutable, pick a new version")

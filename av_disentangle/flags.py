@@ -27,7 +27,7 @@ from av_disentangle.supervised_config import SupervisedConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTIVES: tuple[str, ...] = ("self_supervised", "supervised")
-MIXED_PRECISION: tuple[str, ...] = ("none", "float16", "bfloat16")
+MIXED_PRECISION: tuple[str, ...] = ("auto", "none", "float16", "bfloat16")
 VERBOSITY: tuple[int, ...] = (0, 1, 2, 3)
 DEBUG_VERBOSITY = 3  # `--verbose` alone: TensorFlow's own messages and tracebacks too
 _PROGRESS = 1 if sys.stdout.isatty() else 2  # Keras' progress bar on a terminal only
@@ -75,8 +75,10 @@ class RunConfig:
         "--model_size syncnet_trainer). Both objectives; a resumed run restores its backup "
         "over it")
     mixed_precision: str = field(
-        "none", "mixed-precision compute (GPUs: float16 with loss scaling; TPUs/new GPUs: "
-        "bfloat16); losses and features stay float32", choices=MIXED_PRECISION)
+        "auto", "mixed-precision compute: float16 (GPUs, with loss scaling), bfloat16 (CPUs "
+        "with bf16 units, TPUs, new GPUs), none (float32); losses and features stay float32. "
+        "auto: bfloat16 on a CPU-only machine with AMX-BF16 / AVX512-BF16, else none; a "
+        "resumed run keeps the precision it started with", choices=MIXED_PRECISION)
     checkpoint_every_steps: int = field(0, "also back up every N steps (0: at each epoch end "
                                         "only); a resume continues from the exact step")
     log_every_steps: int = field(10, "TensorBoard batch_* scalars every N steps (and at each "

@@ -31,8 +31,9 @@ from av_disentangle import checkpoints, compat, errors, files
 from av_disentangle.config import LEGACY_MODEL_VALUES, ModelConfig
 from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
 from av_disentangle.pretrained import check_init_from, load_streams
-from av_disentangle.training import (NonFiniteLoss, UsageError, is_chief, make_optimizer,
-                                     make_strategy, worker_index)
+from av_disentangle.training import (NonFiniteLoss, UsageError, choose_mixed_precision,
+                                     cpu_flags, is_chief, make_optimizer, make_strategy,
+                                     worker_index)
 
 log = logging.getLogger("train")
 
@@ -215,6 +216,26 @@ class Plan:
     init_source: Any = None
 
 
+def resolve_mixed_precision(settings: Settings) -> tuple[Settings, str]:
+    """`--mixed_precision auto` made concrete (`training.choose_mixed_precision`: a resumed
+    run's own precision, else bfloat16 on a CPU-only machine with bf16 units, else none), in
+    the settings and in the flags config.json records; returns them and the reason."""
+    requested, stored = settings.run.mixed_precision, None
+    model_dir = settings.run.model_dir
+    if requested == "auto" and trained_anything(model_dir):
+        try:
+            record = checkpoints.read_json(os.path.join(model_dir, "config.json")) or {}
+        except ValueError:
+            record = {}  # check_model_dir names the damaged file
+        stored = (record.get("flags") or {}).get("mixed_precision", "none") if record else None
+    value, why = choose_mixed_precision(requested, stored,
+                                        bool(tf.config.list_physical_devices("GPU")),
+                                        cpu_flags())
+    return dataclasses.replace(settings, run=dataclasses.replace(settings.run,
+                                                                 mixed_precision=value),
+                               flags={**settings.flags, "mixed_precision": value}), why
+
+
 def prepare(settings: Settings) -> Plan:
     """Every check that can fail on the user's input, before anything is written: the labelled
     data and `--init_from` (supervised), `--model_dir` against a run already in it, and the
@@ -271,8 +292,9 @@ def check_data_service(address: str) -> None:
 def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras.Model]:
     """Seeds, mixed precision, the strategy, and the compiled model with a built optimizer."""
     keras.utils.set_random_seed(settings.train.seed)  # same on every worker (DATA sharding)
-    if settings.run.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{settings.run.mixed_precision}")
+    precision = settings.run.mixed_precision
+    keras.mixed_precision.set_global_policy("float32" if precision == "none"
+                                            else f"mixed_{precision}")
     strategy = make_strategy(settings.run.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
     if settings.train.batch_tracks % replicas:
@@ -500,7 +522,8 @@ class InterruptionHint(keras.callbacks.Callback):
 
 
 def train(settings: Settings) -> tuple[str | None, bool]:
-    """Checks, trains (resuming if `--model_dir` holds a backup) and exports.
+    """Checks, trains (resuming if `--model_dir` holds a backup) and exports; the Keras
+    precision policy `build` sets is undone when it returns (a caller's models keep theirs).
 
     Returns:
       (SavedModel directory or None with `no_export` / on a non-chief worker, whether this call
@@ -509,8 +532,17 @@ def train(settings: Settings) -> tuple[str | None, bool]:
       UsageError: the user's input is wrong (one line; nothing written when found up front).
       NonFiniteLoss: the loss became NaN/Inf (the last good state is kept).
     """
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(*resolve_mixed_precision(settings))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(settings: Settings, precision_reason: str) -> tuple[str | None, bool]:
     run, train_config = settings.run, settings.train
-    plan = prepare(settings)
+    plan = prepare(settings)  # (a user error is one line: nothing logged before it)
+    log.info("mixed precision: %s (%s)", run.mixed_precision, precision_reason)
     strategy, model = build(settings, plan)
     chief = is_chief(strategy)
     # One writer per run directory (and worker): a second training into it raced the first at

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One-call GPU check for BENCHMARKS.md's GPU rows (issue 9 item 6). Run from anywhere:
 #
-#     bash benchmarks/gpu_check.sh                      # on a machine with a GPU, < 8 min
+#     bash benchmarks/gpu_check.sh                      # on a machine with a GPU, < 10 min
 #     GPU_CHECK_QUICK=1 bash benchmarks/gpu_check.sh    # tiny settings: checks the script on CPU
 #
-# Parts, each under its own timeout (the whole script stays under ~7.5 min):
+# Parts, each under its own timeout (the whole script stays under ~9.5 min):
 #   env          GPUs, Python, TensorFlow and torch versions
 #   step_fp32    ours, reference size, batch 30 x 50 frames at 224x224, stride 2, float32
-#   step_fp16    the same, mixed float16 (loss scaling)
+#   step_fp16    the same, mixed float16 (loss scaling), without XLA as train.py runs it
+#   step_fp16_xla  the same step compiled with XLA (train.py does not: what XLA would buy)
 #   torch_fp32   the reference's own code (SyncNetDist.train_network), same input and stride
 #   torch_fp16   the same under torch.autocast float16 (its code has no GradScaler)
 #   input        benchmarks/input_pipeline.py on all cores (--threads 0), bundled clips stored at
@@ -25,7 +26,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 QUICK=${GPU_CHECK_QUICK:-0}
-BUDGET=${GPU_CHECK_BUDGET_S:-450}  # seconds for all parts together
+BUDGET=${GPU_CHECK_BUDGET_S:-560}  # seconds for all parts together
 if [ -n "${OUT:-}" ]; then JSON="$OUT/gpu_check.json"; else JSON="benchmarks/gpu_check.json"; fi
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -90,6 +91,10 @@ run_part step_fp32 "$T_STEP" "$TF_PY" benchmarks/train_step.py "${STEP_ARGS[@]}"
   --rows "ours:$STEP_SIZE:float32" --json "$WORK/step_fp32.json"
 run_part step_fp16 "$T_STEP" "$TF_PY" benchmarks/train_step.py "${STEP_ARGS[@]}" \
   --rows "ours:$STEP_SIZE:float16" --json "$WORK/step_fp16.json"
+# train.py runs without XLA (Keras turns it off under tf.distribute); this part says what XLA
+# would buy on this GPU.
+run_part step_fp16_xla "$T_STEP" "$TF_PY" benchmarks/train_step.py "${STEP_ARGS[@]}" --xla \
+  --rows "ours:$STEP_SIZE:float16" --json "$WORK/step_fp16_xla.json"
 # The reference's own code (benchmarks/reference_code.py): carry its files as
 # .reference/syncnet_trainer (gitignored) or point SYNCNET_TRAINER at a checkout.
 run_part torch_fp32 "$T_TORCH" "$TORCH_PY" benchmarks/train_step.py "${TORCH_ARGS[@]}" \
@@ -105,7 +110,8 @@ python3 - "$WORK" "$JSON" "$QUICK" "$(( $(date +%s) - START ))" "$TF_PY" "$TORCH
 import json, os, re, sys
 
 work, out, quick, total, tf_py, torch_py = sys.argv[1:7]
-parts = ["env", "step_fp32", "step_fp16", "torch_fp32", "torch_fp16", "input", "mirrored"]
+parts = ["env", "step_fp32", "step_fp16", "step_fp16_xla", "torch_fp32", "torch_fp16", "input",
+         "mirrored"]
 result = {"quick": quick == "1", "total_s": int(total), "tensorflow_python": tf_py or None,
           "torch_python": torch_py or None,
           "nvidia_smi": open(os.path.join(work, "nvidia.txt")).read().strip(), "parts": {}}
@@ -154,7 +160,7 @@ os.replace(tmp, out)
 
 print(f"\nGPU check ({'QUICK' if quick == '1' else 'full'}), {total} s; "
       f"{result['nvidia_smi'].splitlines()[0] if result['nvidia_smi'] else ''}")
-print(f"{'part':<12}{'status':<10}{'secs':>6}  result")
+print(f"{'part':<14}{'status':<10}{'secs':>6}  result")
 for name in parts:
     part = result["parts"][name]
     text = part.get("reason", "")
@@ -175,7 +181,7 @@ for name in parts:
                           if line.split(" ")[0] in ("python", "tensorflow", "torch"))
     elif not text and part.get("log_tail"):  # no result: say why (the log's last line)
         text = part["log_tail"].strip().splitlines()[-1][:110]
-    print(f"{name:<12}{part['status']:<10}{part.get('seconds', ''):>6}  {text}")
+    print(f"{name:<14}{part['status']:<10}{part.get('seconds', ''):>6}  {text}")
 for precision in ("fp32", "fp16"):
     if f"ratio_ours_vs_torch_{precision}" in result:
         print(f"ratio ours / torch reference ({precision}): "

@@ -73,6 +73,7 @@ from av_disentangle.config import LossConfig, ModelConfig  # noqa: E402
 from av_disentangle.errors import UserError  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.streams import CONTENT, IDENTITY  # noqa: E402
+from av_disentangle.training import choose_mixed_precision, cpu_flags  # noqa: E402
 from av_disentangle.verification_metrics import compute_eer  # noqa: E402
 from pipelines import records, synthetic  # noqa: E402
 from pipelines.input import InputConfig, fixed_windows, make_dataset  # noqa: E402
@@ -985,6 +986,15 @@ def _slug(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; the Keras precision policy it sets is undone when it returns."""
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _main(argv)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small world and few steps (minutes)")
     p.add_argument("--seeds", type=int, default=1, help="number of training seeds")
@@ -1012,9 +1022,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of configuration names (default: all)")
     p.add_argument("--workdir", default=os.path.join("/tmp", "av_learning"),
                    help="cache of the generated synthetic worlds, and TensorBoard curves")
-    p.add_argument("--mixed_precision", default="none", choices=("none", "bfloat16", "float16"),
+    p.add_argument("--mixed_precision", default="auto",
+                   choices=("auto", "none", "bfloat16", "float16"),
                    help="train and evaluate every model under this Keras mixed-precision "
-                        "policy (train.py --mixed_precision; issue 25's learning parity)")
+                        "policy, resolved as train.py resolves it (auto: bfloat16 on a "
+                        "CPU-only machine with bf16 units, else none; results before "
+                        "2026-12-02 ran none)")
     p.add_argument("--jpeg_quality", type=int, default=90,
                    help="JPEG quality of the synthetic worlds' frames (pipelines.prepare "
                         "--jpeg_quality; issue 15)")
@@ -1076,6 +1089,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_untrained = True
 
+    args.mixed_precision, why = choose_mixed_precision(
+        args.mixed_precision, None, bool(tf.config.list_physical_devices("GPU")), cpu_flags())
+    print(f"[setup] mixed precision: {args.mixed_precision} ({why})", flush=True)
     if args.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(f"mixed_{args.mixed_precision}")
     if args.real:

@@ -11,7 +11,9 @@ architecture, same temporal stride, same input; and embedding extraction; in eve
 Rows `kind:size:precision`:
 - `ours`: `DisentangleModel.train_step` (both streams, log-mel in the graph, content + identity
   losses, `--disentangle` mode, our SGD: momentum 0.9, coupled weight decay), compiled with
-  tf.function as `model.fit` does (XLA where Keras' jit_compile="auto" picks it: GPUs), under
+  tf.function as `model.fit` does: without XLA, as train.py runs it (train.py always trains
+  under a tf.distribute strategy, and Keras' jit_compile="auto" turns XLA off under one and on
+  CPU-only machines); `--xla` compiles the step with XLA instead (not what train.py does), under
   the Keras policy `float32`, `mixed_bfloat16` or `mixed_float16` (features, embeddings and
   losses stay float32; `train.py --mixed_precision`). Sizes: `ModelConfig` presets.
 - `torch`: the reference's OWN training step, `SyncNetDist.SyncNet.train_network` on a
@@ -122,8 +124,10 @@ def _policy(precision: str) -> str:
 
 
 def bench_ours(size: str, precision: str, mode: str, batch: int, frames: int, steps: int,
-               warmup: int = 2, stride: int = 2, audio_2: bool = False) -> dict:
-    """Times our train_step under a precision policy; examples_per_s, ms_per_step, ..."""
+               warmup: int = 2, stride: int = 2, audio_2: bool = False,
+               xla: bool = False) -> dict:
+    """Times our train_step under a precision policy; examples_per_s, ms_per_step, ...
+    `xla`: jit-compile the step (train.py does not: module docstring)."""
     import keras
     import tensorflow as tf
 
@@ -144,7 +148,7 @@ def bench_ours(size: str, precision: str, mode: str, batch: int, frames: int, st
     model = DisentangleModel(config, LossConfig(disentangle=mode))
     model.compile(optimizer=make_optimizer(TrainConfig()))
     compat.build_optimizer(model)
-    jit = bool(model.jit_compile)
+    jit = bool(xla)
     step = tf.function(model.train_step, jit_compile=jit)
     streams = model.face_stream.trainable_weights + model.audio_stream.trainable_weights
     for _ in range(max(1, warmup)):
@@ -227,7 +231,8 @@ def bench_embed(size: str, precision: str, repeats: int = 2) -> dict:
     keras.utils.set_random_seed(0)
     model = DisentangleModel(MODEL_SIZES[size](), LossConfig())
     path = os.path.join(tempfile.mkdtemp(), "m", "1")
-    export_saved_model(model.face_stream, model.audio_stream, model.model_config, path)
+    export_saved_model(model.face_stream, model.audio_stream, model.model_config, path,
+                       compute_dtype=None)  # served in the row's precision (train.py: float32)
     keras.mixed_precision.set_global_policy("float32")
     root = os.path.join(REPO, "data", "samples", "librispeech_subset")
     names = sorted(os.path.relpath(p, root) for p in glob.glob(f"{root}/*/*.flac"))
@@ -251,7 +256,7 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
         raise SystemExit(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if kind == "ours":
         return bench_ours(size, precision, args.mode, args.batch, args.frames, args.steps,
-                          args.warmup, args.stride, args.audio_2)
+                          args.warmup, args.stride, args.audio_2, args.xla)
     if kind == "torch":
         if size != "reference":
             raise SystemExit("torch rows run the reference's own model: size 'reference'")
@@ -269,7 +274,7 @@ def interleaved(rows: list[str], args: argparse.Namespace) -> dict:
     passthrough = ["--mode", args.mode, "--batch", str(args.batch), "--frames",
                    str(args.frames), "--stride", str(args.stride), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--reference", args.reference,
-                   *(["--audio_2"] if args.audio_2 else [])]
+                   *(["--audio_2"] if args.audio_2 else []), *(["--xla"] if args.xla else [])]
     for r in range(args.rounds):
         order = rows[r % len(rows):] + rows[:r % len(rows)]
         for row in order:
@@ -315,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--audio_2", action="store_true",
                    help="ours also embeds a second audio window (our training input)")
+    p.add_argument("--xla", action="store_true",
+                   help="ours rows: compile the step with XLA (train.py does not; docstring)")
     p.add_argument("--reference", default=default_reference(),
                    help="joonson/syncnet_trainer: a git dir or a folder of its files")
     p.add_argument("--torch_python", default=sys.executable,

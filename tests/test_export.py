@@ -165,3 +165,43 @@ def test_a_full_disk_during_export_is_one_error_naming_the_folder(tmp_path, monk
     with pytest.raises(DiskFullError, match=rf"no space left on device writing {target};"):
         export_saved_model(model.face_stream, model.audio_stream, model.model_config, target)
     assert os.listdir(tmp_path / "m") == []  # neither the export nor its temp folder
+
+
+def _graph_dtypes(concrete) -> set[str]:
+    """Every dtype attribute of every op in a concrete function's graph and its library."""
+    graph = concrete.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return {tf.dtypes.as_dtype(v.type).name for n in nodes for v in n.attr.values()
+            if v.WhichOneof("value") == "type"}
+
+
+def test_a_bfloat16_model_is_exported_computing_in_float32(tmp_path):
+    """A model trained under mixed_bfloat16 (train.py's default on bf16 CPUs) is served in
+    float32: no bfloat16 op in the export, the same embedding as float32 streams holding its
+    weights (1e-5); `compute_dtype=None` keeps bfloat16 (and differs)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(3)
+        mixed = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    plain = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    plain.audio_stream.set_weights(mixed.audio_stream.get_weights())
+    path = export_saved_model(mixed.face_stream, mixed.audio_stream, mixed.model_config,
+                              str(tmp_path / "f32" / "1"))
+    kept = export_saved_model(mixed.face_stream, mixed.audio_stream, mixed.model_config,
+                              str(tmp_path / "bf16" / "1"), compute_dtype=None)
+    wave = (0.1 * np.random.default_rng(0).normal(size=(2, 25 * 640))).astype(np.float32)
+    sr = tf.constant(16000)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    assert "bfloat16" not in _graph_dtypes(serve)
+    expected = tf.math.l2_normalize(
+        tf.reduce_mean(plain.audio_stream(wave, training=False)["identity"], 1), -1)
+    np.testing.assert_allclose(serve(waveform=wave, sample_rate=sr)["embedding"], expected,
+                               atol=1e-5)
+    serve_kept = tf.saved_model.load(kept).signatures["serving_default"]
+    assert "bfloat16" in _graph_dtypes(serve_kept)
+    emb_kept = serve_kept(waveform=wave, sample_rate=sr)["embedding"].numpy()
+    assert np.abs(emb_kept - expected.numpy()).max() > 1e-4

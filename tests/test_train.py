@@ -154,6 +154,22 @@ def test_resume_config_check_names_model_and_loss_keys_only():
         'flags.mixed_precision: "none" -> "float16"']
 
 
+def test_mixed_precision_auto_resolves_by_machine_and_keeps_a_resumed_runs_precision():
+    from av_disentangle.training import choose_mixed_precision
+
+    amd = {"avx2", "avx512f", "avx512_bf16"}
+    assert choose_mixed_precision("auto", None, False, amd)[0] == "bfloat16"
+    assert choose_mixed_precision("auto", None, False, {"avx2", "amx_bf16"})[0] == "bfloat16"
+    value, why = choose_mixed_precision("auto", None, False, {"avx2", "avx512f"})
+    assert value == "none" and "no bf16 units" in why
+    assert choose_mixed_precision("auto", None, True, amd)[0] == "none"  # a GPU: float32
+    assert choose_mixed_precision("auto", "none", False, amd) == (
+        "none", "auto: the precision this run was started with")
+    assert choose_mixed_precision("auto", "float16", False, amd)[0] == "float16"
+    for given in ("none", "float16", "bfloat16"):
+        assert choose_mixed_precision(given, "none", True, set()) == (given, "as requested")
+
+
 @pytest.mark.slow
 def test_mirrored_strategy_over_two_cpu_replicas(random_shards, tmp_path):
     result = run_script(["train.py", "--train_data", random_shards, "--model_dir",
@@ -357,7 +373,7 @@ def test_remote_paths_train_resume_and_export_on_ram_filesystem(random_shards, c
         with tf.io.gfile.GFile(path) as f:
             return json.load(f)
 
-    assert train("--epochs", "1", "--no_export") == (None, False)
+    assert train("--epochs", "1", "--no_export", "--mixed_precision", "none") == (None, False)
     assert read_json(f"{model_dir}/config.json")["model"]["trunk_dim"] == 16
     assert read_json(f"{model_dir}/backup/training_metadata.json")["step"] == 2
     assert tf.io.gfile.exists(f"{model_dir}/checkpoints/epoch-001.weights.h5")
@@ -367,6 +383,9 @@ def test_remote_paths_train_resume_and_export_on_ram_filesystem(random_shards, c
     caplog.set_level("INFO")
     assert train("--epochs", "2", "--export_dir", export_dir) == (export_dir, True)
     assert "resuming at step 2 (epoch 1 done)" in caplog.text and "trained to step 4" in caplog.text
+    # The default --mixed_precision auto resumes in the precision the run was started with.
+    assert "mixed precision: none (auto: the precision this run was started with)" in caplog.text
+    assert read_json(f"{model_dir}/config.json")["flags"]["mixed_precision"] == "none"
     assert read_json(f"{model_dir}/backup/training_metadata.json")["step"] == 4
     assert read_json(f"{model_dir}/export.json")["export_dir"] == export_dir
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]

@@ -7,6 +7,7 @@ module per concept:
 - `trials`: VoxCeleb-format trial lists (`Trial`, `read_trials`, `make_trials`).
 - `scoring`: pair scoring with the Keras pair-scoring model and its streaming EER/minDCF.
 - `verification`: speaker verification (audio decoding, crops, embedding, `run_verification`).
+- `baselines`: free label-free verification baselines (MFCC mean+std, long-term spectrum).
 - `video`: face clips read exactly as `pipelines.prepare` reads them (`load_face_clip`).
 - `sync`, `crossmodal`: the audio-visual sync and face-voice identity protocols.
 - `plots`: DET curve and figure writing; `reports`: TensorBoard, projector, score files.
@@ -20,3 +21,7 @@ from av_disentangle.errors import UserError
 
 class EvaluationError(UserError):
     """Bad evaluation input (a file, folder or flag), reported as one line naming it; exit 2."""
+
+
+# The free verification baselines (`baselines`); here, without TensorFlow, for the CLI's flags.
+BASELINES: tuple[str, ...] = ("mfcc", "mfcc_z", "ltas", "ltas_z")

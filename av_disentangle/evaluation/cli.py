@@ -3,6 +3,7 @@
     python evaluate.py --model saved_models/<name>/<version> --trials LIST --audio_root DIR
     python evaluate.py --task sync --model ... --videos DIR [--sync_csv FILE]
     python evaluate.py --task crossmodal --model ... --videos DIR [--identities CSV]
+    python evaluate.py --baseline mfcc --trials LIST --audio_root DIR   # a free baseline
     python evaluate.py --make_trials ROOT --trials_out FILE
 
 Tasks: `verification.run_verification`, `sync.run_sync`, `crossmodal.run_crossmodal`; each
@@ -18,7 +19,7 @@ import os
 from typing import Callable, Sequence
 
 from av_disentangle.errors import run_cli
-from av_disentangle.evaluation import EvaluationError
+from av_disentangle.evaluation import BASELINES, EvaluationError
 from av_disentangle.logs import native_stderr_silenced, setup_logging
 
 DESCRIPTION = "Evaluate an exported av-disentangle SavedModel."
@@ -30,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("verification", "sync", "crossmodal"),
                    default="verification")
     p.add_argument("--model", help="SavedModel directory (saved_models/<name>/<version>)")
+    p.add_argument("--baseline", choices=BASELINES,
+                   help="verification: score a free, label-free baseline instead of a model "
+                        "(MFCC 1-19 mean+std or the long-term average log-mel of each whole "
+                        "file, cosine; *_z: z-scored over the trial set's files)")
     g = p.add_argument_group("verification")
     g.add_argument("--trials", help="trial list: 'label path1 path2' per line")
     g.add_argument("--audio_root", help="directory the trial paths are relative to")
@@ -125,8 +130,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         check_output_file(args.trials_out, "--trials_out")
         make_trials(args.make_trials, args.trials_out)
         return {}
-    if not args.model:
-        raise EvaluationError("--model is required")
+    if args.baseline:
+        if args.model or args.task != "verification":
+            raise EvaluationError("--baseline replaces --model, for --task verification only")
+    elif not args.model:
+        raise EvaluationError("--model is required (or --baseline for verification)")
     return task_function(args.task)(args)
 
 

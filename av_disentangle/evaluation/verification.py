@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from av_disentangle.constants import SAMPLE_RATE
-from av_disentangle.evaluation import EvaluationError
+from av_disentangle.evaluation import EvaluationError, baselines
 from av_disentangle.evaluation.exported import ExportedModel, model_step
 from av_disentangle.evaluation.paths import check_paths
 from av_disentangle.evaluation.plots import plot_det
@@ -147,6 +147,26 @@ def embed_in_batches(model: ExportedModel, crops: Iterable[np.ndarray], batch_si
     return np.concatenate(out).astype(np.float32)
 
 
+def decoded_files(paths: Sequence[str], audio_root: str | os.PathLike, bad: dict[str, str],
+                  conditions: AudioConditions, crop_samples: int, skip_bad: bool,
+                  desc: str = "embedding") -> Iterator[tuple[str, np.ndarray]]:
+    """Yields `(path, (S,) float32 waveform)` for each usable file of `paths` in order, with a
+    progress bar; a file that cannot be used raises EvaluationError naming it, or with
+    `skip_bad` goes into `bad` ({path: reason}). `conditions` counts what was done to files."""
+    for p in tqdm(paths, desc=desc, unit="file", mininterval=1.0):
+        source: list = []
+        try:
+            wav = load_audio(os.path.join(audio_root, p), source)
+        except EvaluationError as err:
+            if not skip_bad:
+                raise EvaluationError(f"{err} (--skip_missing drops the trials of files "
+                                      "that cannot be used)") from err
+            bad[p] = str(err)
+            continue
+        conditions.note(p, source[0] if source else None, wav, crop_samples)
+        yield p, wav
+
+
 def embed_files(model: ExportedModel, paths: Sequence[str], audio_root: str | os.PathLike,
                 num_crops: int = 10, crop_seconds: float = 2.0, batch_size: int = 64,
                 skip_bad: bool = False) -> tuple[np.ndarray, dict[str, str]]:
@@ -173,22 +193,9 @@ def embed_files(model: ExportedModel, paths: Sequence[str], audio_root: str | os
         raise EvaluationError("--num_crops and --batch_size must be at least 1")
     bad: dict[str, str] = {}
     conditions = AudioConditions()
-
-    def file_crops() -> Iterator[np.ndarray]:
-        for p in tqdm(paths, desc="embedding", unit="file", mininterval=1.0):
-            source: list = []
-            try:
-                wav = load_audio(os.path.join(audio_root, p), source)
-            except EvaluationError as err:
-                if not skip_bad:
-                    raise EvaluationError(f"{err} (--skip_missing drops the trials of files "
-                                          "that cannot be used)") from err
-                bad[p] = str(err)
-                continue
-            conditions.note(p, source[0] if source else None, wav, crop_samples)
-            yield crop_waveform(wav, num_crops, crop_samples)
-
-    emb = embed_in_batches(model, file_crops(), batch_size)
+    files = decoded_files(paths, audio_root, bad, conditions, crop_samples, skip_bad)
+    crops = (crop_waveform(wav, num_crops, crop_samples) for _, wav in files)
+    emb = embed_in_batches(model, crops, batch_size)
     for line in conditions.summary_lines(crop_samples):
         logger.warning(line)
     if emb.shape[0] == 0:
@@ -197,10 +204,40 @@ def embed_files(model: ExportedModel, paths: Sequence[str], audio_root: str | os
     return emb.reshape(-1, num_crops, emb.shape[-1]), bad
 
 
+def embed_files_baseline(kind: str, paths: Sequence[str], audio_root: str | os.PathLike,
+                         skip_bad: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+    """A free baseline's embeddings of whole files (`baselines.BASELINES`), in the shape
+    `embed_files` returns: `(embeddings (F', 1, D) float32, bad {path: reason})`; a file
+    shorter than one analysis window counts as unusable."""
+    if kind not in baselines.BASELINES:
+        raise EvaluationError(f"unknown baseline {kind!r}: one of "
+                              f"{', '.join(baselines.BASELINES)}")
+    bad: dict[str, str] = {}
+    conditions = AudioConditions()
+    log_mels = []
+    for p, wav in decoded_files(paths, audio_root, bad, conditions, 0, skip_bad,
+                                desc=f"baseline {kind}"):
+        if wav.shape[0] < baselines.MIN_SAMPLES:
+            reason = (f"{os.path.join(audio_root, p)}: {wav.shape[0]} samples, shorter than "
+                      f"one {baselines.MIN_SAMPLES}-sample analysis window")
+            if not skip_bad:
+                raise EvaluationError(reason)
+            bad[p] = reason
+            continue
+        log_mels.append(baselines.log_mel_frames(wav))
+    for line in conditions.summary_lines(0):
+        logger.warning(line)
+    if not log_mels:
+        raise EvaluationError(f"none of the {len(paths)} audio files could be used, e.g. "
+                              f"{next(iter(bad.values()), '')}")
+    return baselines.baseline_table(kind, log_mels)[:, None, :], bad
+
+
 def run_verification(args: argparse.Namespace) -> dict[str, float]:
     """Verification task; returns the metric logs and prints the summary line.
 
-    Reads from `args` (the `evaluate.py` flags): model, trials, audio_root, num_crops,
+    Reads from `args` (the `evaluate.py` flags): model (or baseline: a free baseline of
+    `baselines.BASELINES` instead of a model), trials, audio_root, num_crops,
     crop_seconds, batch_size, score_batch_size, skip_missing, scores_out, plot_out, logdir,
     projector_out. Order: all paths checked, trials read, model loaded, files embedded, pairs
     scored, the summary printed, and only then the outputs written (each atomically).
@@ -227,12 +264,18 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
         distinct = sorted({p for t in trials for p in (t.path1, t.path2)})
     logger.info("%d trials over %d distinct files", len(trials), len(distinct))
 
-    model = ExportedModel(args.model)
-    model.require("serving_default")
-    crop_seconds = args.crop_seconds or model.default_crop_seconds()
-    logger.info("%d crops of %.3f s per file", args.num_crops, crop_seconds)
-    emb, bad = embed_files(model, distinct, args.audio_root, args.num_crops, crop_seconds,
-                           args.batch_size, skip_bad=args.skip_missing)
+    baseline = getattr(args, "baseline", None)
+    if baseline:
+        logger.info("free baseline %s of each whole file (evaluation.baselines)", baseline)
+        emb, bad = embed_files_baseline(baseline, distinct, args.audio_root,
+                                        skip_bad=args.skip_missing)
+    else:
+        model = ExportedModel(args.model)
+        model.require("serving_default")
+        crop_seconds = args.crop_seconds or model.default_crop_seconds()
+        logger.info("%d crops of %.3f s per file", args.num_crops, crop_seconds)
+        emb, bad = embed_files(model, distinct, args.audio_root, args.num_crops, crop_seconds,
+                               args.batch_size, skip_bad=args.skip_missing)
     if bad:
         before = len(trials)
         trials = [t for t in trials if t.path1 not in bad and t.path2 not in bad]
@@ -258,8 +301,9 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
                        title=f"Speaker verification ({Path(args.trials).name}, "
                              f"{len(trials)} trials): {format_summary(logs)}")
         if args.logdir:
-            write_tensorboard(args.logdir, "verification", model_step(args.model), logs,
-                              {"det_curve": png})
+            write_tensorboard(args.logdir, f"verification_{baseline}" if baseline
+                              else "verification", 0 if baseline else model_step(args.model),
+                              logs, {"det_curve": png})
     if args.projector_out:
         write_projector(args.projector_out, l2_normalise(emb.mean(axis=1)),
                         ("speaker", "file"), [(Path(p).parts[0], p) for p in distinct],
