@@ -272,6 +272,24 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
+# === Recipes: named sets of flag defaults ===
+def _reference_recipe() -> dict[str, Any]:
+    """joonson/syncnet_trainer as its code runs with its README's command: its model and
+    conventions (`--model_size syncnet_trainer`: 224 px faces, temporal stride 2, its front end
+    and pixels) and its schedule (`TrainConfig.syncnet_trainer`: SGD momentum 0.9 at the 1e-4
+    it actually runs, x0.95 per 100,000 tracks, weight decay 1e-5, batch 30 x 50 frames)."""
+    schedule = TrainConfig.syncnet_trainer()
+    keys = ("batch_tracks", "window_frames", "optimizer", "learning_rate", "lr_decay_rate",
+            "lr_decay_steps", "weight_decay")
+    return {"model_size": "syncnet_trainer", **{k: getattr(schedule, k) for k in keys}}
+
+
+# `train.py --recipe NAME`: flag values that replace the dataclass defaults; a `--config` file
+# and command-line flags override them (flags.parse_flags). "default" is the dataclasses' own
+# defaults, unchanged until the evidence (issue 26) picks a small-data / CPU recipe.
+RECIPES: dict[str, dict[str, Any]] = {"default": {}, "reference": _reference_recipe()}
+
+
 # === Flags generated from the dataclasses (each default and choice written once) ===
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in the help, except where there is none to show: "(default: None)" after a

@@ -19,9 +19,9 @@ import os
 import sys
 from typing import Any, Sequence
 
-from av_disentangle.config import (FRONT_ENDS, MODEL_SIZES, HelpFormatter, LossConfig,
-                                   ModelConfig, TrainConfig, add_flags, check_choice, field,
-                                   from_flags, to_dict)
+from av_disentangle.config import (FRONT_ENDS, MODEL_SIZES, RECIPES, HelpFormatter,
+                                   LossConfig, ModelConfig, TrainConfig, add_flags,
+                                   check_choice, field, from_flags, to_dict)
 from av_disentangle.logs import native_stderr_silenced
 from av_disentangle.supervised_config import SupervisedConfig
 
@@ -49,6 +49,12 @@ class RunConfig:
     """What one `train.py` run trains on, where it writes, and how it reports. The model,
     optimisation and loss settings are `ModelConfig`, `TrainConfig`, `LossConfig`."""
 
+    recipe: str = field(
+        "default", "a named set of defaults (config.RECIPES; written to config.json): "
+        "'reference' = joonson/syncnet_trainer as its code runs (syncnet_trainer model, 224 px, "
+        "stride 2, SGD 1e-4 momentum 0.9, weight decay 1e-5, x0.95 per 100,000 tracks, batch "
+        "30 x 50 frames); --config and explicit flags override it",
+        choices=tuple(RECIPES))
     objective: str = field(
         "self_supervised", "self_supervised: the paper's face-voice training on --train_data; "
         "supervised: speaker-label training of the audio stream on --labelled_audio "
@@ -112,7 +118,7 @@ class RunConfig:
         "tracebacks", choices=VERBOSITY, const=DEBUG_VERBOSITY)
 
     def __post_init__(self) -> None:
-        for name in ("objective", "model_size", "mixed_precision", "verbose"):
+        for name in ("recipe", "objective", "model_size", "mixed_precision", "verbose"):
             check_choice(self, name)
         parse_profile_steps(self.profile_steps)
         if self.data_service is not None:
@@ -248,15 +254,22 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
 
 
 def parse_flags(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parses flags; values in `--config` become defaults, explicit flags win. Bad flags or a
-    bad `--config` exit with argparse's usage error (status 2)."""
+    """Parses flags. Precedence, lowest first: the dataclass defaults, the `--recipe`'s values
+    (`config.RECIPES`; the recipe named on the command line or else in `--config`), the
+    `--config` file's values, explicit flags. Bad flags or a bad `--config` exit with
+    argparse's usage error (status 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    file_values: dict[str, Any] = {}
     if args.config:
         try:
-            parser.set_defaults(**config_file_values(args.config, parser))
+            file_values = config_file_values(args.config, parser)
         except ValueError as e:
             parser.error(str(e))
+        parser.set_defaults(**file_values)
+        args = parser.parse_args(argv)
+    if RECIPES[args.recipe]:
+        parser.set_defaults(**{**RECIPES[args.recipe], **file_values})
         args = parser.parse_args(argv)
     return args
 

@@ -626,3 +626,30 @@ def test_pipelines_commands_keep_tensorflows_start_up_lines_off_stderr(command):
                             capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr == "", result.stderr[-2000:]
+
+
+def test_recipe_reference_is_the_reference_schedule_and_model_and_flags_override_it(tmp_path):
+    """`--recipe reference` = TrainConfig.syncnet_trainer() + ModelConfig.syncnet_trainer()
+    (224 px, stride 2); precedence recipe < --config < explicit flags; recorded in the flags."""
+    from av_disentangle.config import ModelConfig, TrainConfig
+
+    def settings(*argv):
+        return flags.resolve_settings(flags.parse_flags(list(argv)))
+
+    ref = settings("--recipe", "reference")
+    assert ref.train == TrainConfig.syncnet_trainer()
+    assert ref.model == ModelConfig.syncnet_trainer()
+    assert ref.model.face_size == 224 and ref.model.temporal_stride == 2
+    assert ref.train.learning_rate == 1e-4 and ref.train.batch_tracks == 30
+    assert ref.flags["recipe"] == "reference"
+    default = settings()
+    assert default.train == TrainConfig() and default.flags["recipe"] == "default"
+    override = settings("--recipe", "reference", "--learning_rate", "0.003")
+    assert override.train == TrainConfig.syncnet_trainer(learning_rate=0.003)
+    config = tmp_path / "flags.json"
+    config.write_text(json.dumps({"recipe": "reference", "batch_tracks": 12}))
+    from_file = settings("--config", str(config))
+    assert from_file.train == TrainConfig.syncnet_trainer(batch_tracks=12)
+    assert settings("--config", str(config), "--batch_tracks", "6").train.batch_tracks == 6
+    assert settings("--config", str(config), "--recipe", "default").train == TrainConfig(
+        batch_tracks=12)
