@@ -179,11 +179,17 @@ def build_face_stream(config: ModelConfig, num_frames: int | None = None) -> ker
     size, stride = config.face_size, config.temporal_stride
     frames = keras.Input((num_frames, size, size, 3), dtype="uint8", name="frames")
     # l.70 Conv3d (5,7,7) stride (stride,2,2) pad 0 = fold 5 frames, Conv2D 7x7 / 2.
+    # The pixels become floats in float32 whatever the policy; conv1 casts them to its compute
+    # dtype. Under mixed_bfloat16 that is 3.5x faster than Rescaling in bfloat16 (measured on
+    # (184, 64, 64, 15) uint8: 9.6-11.3 ms vs 33.7-36.1 ms; TF's elementwise bf16 kernels are
+    # scalar), and exact for every uint8 value.
     if config.face_pixels == "bgr_255":
-        x = FoldTime(5, stride, name="face_fold")(BgrPixels(name="face_bgr")(frames))
+        x = FoldTime(5, stride, name="face_fold")(
+            BgrPixels(name="face_bgr", dtype="float32")(frames))
     else:
         x = FoldTime(5, stride, name="face_fold")(frames)  # (B * T', H, W, 15)
-        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="face_rescale")(x)
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="face_rescale",
+                             dtype="float32")(x)
     x = _conv2d(x, c1, (7, 7), "face_conv1", strides=(2, 2))
     x = layers.MaxPool2D(3, strides=2, name="face_pool1")(x)  # l.73 (1,3,3) / (1,2,2)
     x = _conv2d(x, c2, (5, 5), "face_conv2", strides=(2, 2), pad=(1, 1))  # l.75
