@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -521,9 +521,12 @@ class InterruptionHint(keras.callbacks.Callback):
         errors.INTERRUPTION_HINT[:] = [f" at step {step}; rerun the same command: it {resume}"]
 
 
-def train(settings: Settings) -> tuple[str | None, bool]:
+def train(settings: Settings, callbacks: Sequence[keras.callbacks.Callback] = ()
+          ) -> tuple[str | None, bool]:
     """Checks, trains (resuming if `--model_dir` holds a backup) and exports; the Keras
     precision policy `build` sets is undone when it returns (a caller's models keep theirs).
+    `callbacks` run after the run's own (a library caller's: e.g. the benchmarks keep the
+    trained model and its logs with one).
 
     Returns:
       (SavedModel directory or None with `no_export` / on a non-chief worker, whether this call
@@ -534,12 +537,13 @@ def train(settings: Settings) -> tuple[str | None, bool]:
     """
     policy = keras.mixed_precision.global_policy()
     try:
-        return _train(*resolve_mixed_precision(settings))
+        return _train(*resolve_mixed_precision(settings), extra_callbacks=callbacks)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(settings: Settings, precision_reason: str) -> tuple[str | None, bool]:
+def _train(settings: Settings, precision_reason: str,
+           extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> tuple[str | None, bool]:
     run, train_config = settings.run, settings.train
     plan = prepare(settings)  # (a user error is one line: nothing logged before it)
     log.info("mixed precision: %s (%s)", run.mixed_precision, precision_reason)
@@ -556,6 +560,7 @@ def _train(settings: Settings, precision_reason: str) -> tuple[str | None, bool]
                                log_every_steps=run.log_every_steps,
                                profile_steps=parse_profile_steps(run.profile_steps))
     callbacks.insert(0, InterruptionHint(backup))
+    callbacks.extend(extra_callbacks)
     val_dataset = dataset_maker(settings, plan, plan.val_files)(0) if plan.val_files else None
     step = fit(model, dataset_maker(settings, plan, plan.train_files, run.data_service),
                start=start,

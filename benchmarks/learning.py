@@ -3,7 +3,7 @@
 
 Usage:
     python benchmarks/learning.py [--quick] [--seeds N] [--data_seeds M]
-        [--correlations 0,0.5,0.9] [--steps N | --minutes_per_config X]
+        [--correlations 0,0.5,0.9] [--steps N] [--optimizer sgd --learning_rate 1e-4]
         [--curve_every N --curve_png curve.png] [--workdir /tmp/av_learning] [--json out.json]
     python benchmarks/learning.py --merge a.json b.json [--curve_png curve.png] [--json all.json]
 
@@ -12,8 +12,9 @@ Usage:
    `test` split of DIFFERENT identities.
 2. For each configuration of the paper's ablation (content only, identity only, and both
    losses on a shared trunk with each disentanglement mode: none, confusion, adversarial,
-   GRL) trains a `DisentangleModel` with Adam for the same number of steps from the same seed
-   on the train split through `pipelines.input.make_dataset`. An untrained model (same seed)
+   GRL) trains a `DisentangleModel` with train.py's trainer (`run.train`; the preset's recipe,
+   Adam 3e-3 by default, `--optimizer/--learning_rate/--weight_decay` to change it) for the
+   same number of steps from the same seed on the train split. An untrained model (same seed)
    is evaluated as a reference row. Repeated over `--seeds` training seeds x `--data_seeds`
    synthetic worlds; with `--correlations` the TRAINING world's content is correlated with
    identity (`SyntheticConfig.content_identity_correlation`: each identity speaks mostly its
@@ -54,7 +55,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,10 +70,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy import optimize  # noqa: E402
 
-from av_disentangle import files, losses  # noqa: E402
+from av_disentangle import files, losses, run  # noqa: E402
 from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig, ModelConfig  # noqa: E402
 from av_disentangle.errors import UserError  # noqa: E402
+from av_disentangle.flags import Settings, parse_flags, resolve_settings  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.streams import CONTENT, IDENTITY  # noqa: E402
 from av_disentangle.training import choose_mixed_precision, cpu_flags  # noqa: E402
@@ -95,7 +99,11 @@ class Preset:
     steps_per_epoch: int
     batch_tracks: int = 16
     window_frames: int = 25
+    # The recipe (train.py --optimizer / --learning_rate / --weight_decay): Adam 3e-3 without
+    # weight decay, what every table here was measured with.
     learning_rate: float = 3e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
     probe_test_tracks: int = 2  # tracks per train identity held out for the identity probe
     offset_steps: int = 3  # offset search over [-D, D] steps (2 frames each)
     recalibration_batches: int = 25  # precise-BN batches before evaluation (0: none)
@@ -602,45 +610,66 @@ def plot_curves(path: str, curves: dict[str, list[list]], title: str) -> None:
     print(f"wrote {path}")
 
 
-class _StopAfterMinutes(keras.callbacks.Callback):
-    """Ends training at the first epoch end after `minutes` of wall time."""
+class _KeepModel(keras.callbacks.Callback):
+    """Keeps the model `run.train` trained (its reference at the end of training) and the
+    Keras logs of every epoch, for the evaluation that follows."""
 
-    def __init__(self, minutes: float):
+    def __init__(self):
         super().__init__()
-        self.deadline = time.time() + 60.0 * minutes
+        self.trained: DisentangleModel | None = None
+        self.history: dict[str, list[float]] = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        if time.time() > self.deadline:
-            self.model.stop_training = True
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(round(float(value), 4))
+
+    def on_train_end(self, logs=None):
+        self.trained = self.model
+
+
+def trainer_settings(loss_config: LossConfig, preset: Preset, train_glob: str, seed: int,
+                     epochs: int, model_dir: str) -> Settings:
+    """`train.py`'s settings for one benchmark run: its flags (the preset's batch, window,
+    epochs and recipe: optimizer, learning rate, weight decay; the current Keras policy as
+    `--mixed_precision`; no export), then the preset's model and the row's losses (configs
+    `train.py` has no named size or flag set for)."""
+    policy = keras.mixed_precision.global_policy().name
+    precision = "none" if policy == "float32" else policy.replace("mixed_", "")
+    argv = ["--train_data", train_glob, "--model_dir", model_dir,
+            "--batch_tracks", str(preset.batch_tracks),
+            "--window_frames", str(preset.window_frames),
+            "--steps_per_epoch", str(preset.steps_per_epoch), "--epochs", str(epochs),
+            "--optimizer", preset.optimizer, "--learning_rate", str(preset.learning_rate),
+            "--weight_decay", str(preset.weight_decay), "--seed", str(seed),
+            "--mixed_precision", precision, "--no_export", "--verbose", "0"]
+    settings = resolve_settings(parse_flags(argv))
+    return dataclasses.replace(settings, model=preset.model, loss=loss_config)
 
 
 def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, seed: int,
-          steps: int | None, minutes: float | None,
+          steps: int | None, minutes: float | None = None,
           curve: Curve | None = None) -> tuple[DisentangleModel, dict]:
-    """Trains one configuration; `steps` fixed (rounded up to whole epochs of
-    `preset.steps_per_epoch`), or (if None) as many whole epochs as fit in `minutes` (the
-    caller then fixes that count for the other configurations). One `fit` call, so the input
-    pipeline runs on and every step sees new windows."""
-    keras.utils.set_random_seed(seed)
-    model = DisentangleModel(preset.model, loss_config)
-    model.compile(optimizer=keras.optimizers.Adam(preset.learning_rate))
-    dataset = make_dataset(InputConfig(train_glob, batch_tracks=preset.batch_tracks,
-                                       window_frames=preset.window_frames,
-                                       face_size=preset.face_size, seed=seed))
+    """Trains one configuration with `train.py`'s trainer (`run.train`: its optimizer
+    factory and schedule, resumable fit, BatchNorm, input pipeline, checks), `steps` rounded
+    up to whole epochs of `preset.steps_per_epoch`, in a fresh run directory that is removed
+    afterwards; one `fit`, so the input pipeline runs on and every step sees new windows.
+    `minutes` (train for a wall-time budget) is no longer supported: the trainer runs a
+    fixed number of steps."""
+    if minutes is not None or steps is None:
+        raise UserError("--minutes_per_config is not supported since the benchmarks train "
+                        "with train.py's trainer: pass --steps")
     spe = preset.steps_per_epoch
-    if steps is not None:
-        epochs, callbacks = -(-steps // spe), []
-    else:
-        epochs, callbacks = 10**6, [_StopAfterMinutes(minutes)]
-    if curve is not None:
-        callbacks.append(curve)
-    t0 = time.time()
-    h = model.fit(dataset, steps_per_epoch=spe, epochs=epochs, callbacks=callbacks, verbose=0)
-    wall = time.time() - t0
-    if not h.history.get("loss"):  # Keras only warns when the input runs out
-        raise UserError(f"{train_glob}: no full training batch of {preset.batch_tracks} tracks "
-                        f"of distinct videos, each at least {preset.window_frames} frames long")
-    history = {k: [round(float(v), 4) for v in values] for k, values in h.history.items()}
+    model_dir = tempfile.mkdtemp(prefix=f"learning_{_slug(name)}_{seed}_")
+    keep = _KeepModel()
+    try:
+        settings = trainer_settings(loss_config, preset, train_glob, seed, -(-steps // spe),
+                                    model_dir)
+        t0 = time.time()
+        run.train(settings, callbacks=[keep] + ([curve] if curve is not None else []))
+        wall = time.time() - t0
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    model, history = keep.trained, keep.history
     done = len(history["loss"]) * spe
     info = {"steps": done, "train_seconds": wall, "history": history}
     if curve is not None:
@@ -1007,10 +1036,14 @@ def _main(argv: list[str] | None) -> int:
                         "(held-out test world: always 0), e.g. 0,0.5,0.9")
     p.add_argument("--steps", type=int, default=None, help="training steps per configuration")
     p.add_argument("--minutes_per_config", type=float, default=None,
-                   help="instead of --steps: train the first configuration for this long "
-                        "(whole epochs) and use its step count for all configurations")
+                   help="no longer supported (the runs train with train.py's trainer, a "
+                        "fixed number of steps): use --steps")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                   help="train.py --optimizer (default: the preset's, adam)")
     p.add_argument("--learning_rate", type=float, default=None,
-                   help="Adam learning rate (default: the mode's, 3e-3)")
+                   help="train.py --learning_rate (default: the preset's, 3e-3)")
+    p.add_argument("--weight_decay", type=float, default=None,
+                   help="train.py --weight_decay (default: the preset's, 0)")
     p.add_argument("--test_identities", type=int, default=None,
                    help="held-out identities per world (default: the mode's, 20 full / 6 "
                         "quick); more identities shrink the trial-sampling error")
@@ -1060,6 +1093,10 @@ def _main(argv: list[str] | None) -> int:
     preset = QUICK if args.quick else FULL
     if args.learning_rate:
         preset = dataclasses.replace(preset, learning_rate=args.learning_rate)
+    if args.optimizer:
+        preset = dataclasses.replace(preset, optimizer=args.optimizer)
+    if args.weight_decay is not None:
+        preset = dataclasses.replace(preset, weight_decay=args.weight_decay)
     if args.recalibration_batches is not None:
         preset = dataclasses.replace(preset, recalibration_batches=args.recalibration_batches)
     if args.test_identities is not None:
@@ -1070,8 +1107,10 @@ def _main(argv: list[str] | None) -> int:
         p.error("--seeds and --data_seeds must be >= 1")
     if args.curve_png and not args.curve_every:
         p.error("--curve_png needs --curve_every N")
-    steps = args.steps if args.steps is not None else (
-        None if args.minutes_per_config else preset.steps)
+    if args.minutes_per_config is not None:
+        p.error("--minutes_per_config is no longer supported (the runs train with train.py's "
+                "trainer, a fixed number of steps): use --steps")
+    steps = args.steps if args.steps is not None else preset.steps
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     data_seeds = list(range(args.first_data_seed, args.first_data_seed + args.data_seeds))
     try:
@@ -1142,8 +1181,7 @@ def _main(argv: list[str] | None) -> int:
                                               f"world{data_seed}", f"seed{seed}", _slug(name))
                         curve = Curve(win_te, args.curve_every, logdir, preset.offset_steps)
                     model, info = train(name, loss_config, preset, train_glob, seed,
-                                        seed_steps, args.minutes_per_config, curve)
-                    seed_steps = info["steps"]  # the first configuration fixes it for the rest
+                                        seed_steps, None, curve)
                     t0 = time.time()
                     metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
                     info["eval_seconds"] = time.time() - t0

@@ -31,9 +31,10 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    EER and minDCF (p_target 0.05) from `av_disentangle.verification_metrics`, after the
    precise-BN re-estimation on training batches that `benchmarks/learning.py` applies
    (`reestimate_batchnorm`, `preset.recalibration_batches`); the held-out EER with the moving
-   statistics training left is reported too. Reference row without learning: the long-term
-   average log spectrum of each track (`ltas_embeddings`). Every row, the supervised one
-   included, is evaluated by the same `evaluate_row`.
+   statistics training left is reported too. Rows without learning: the free baselines of
+   `evaluate.py --baseline` (MFCC 1-19 mean+std and the long-term average log-mel of each
+   track, raw and z-scored; `baseline_embeddings`), on the same trials. Every trained row,
+   the supervised one included, is evaluated by the same `evaluate_row`.
 4. Report: per row mean ± std over seeds and the 95% t-interval half-width
    (`learning.summarise`), and the paired differences (same seed) to the untrained row and to
    the joint row (`learning.paired_difference`; `*` where the 95% interval excludes 0); with
@@ -71,6 +72,7 @@ from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig  # noqa: E402
 from av_disentangle.constants import VIDEO_FPS  # noqa: E402
 from av_disentangle.errors import UserError, run_cli  # noqa: E402
+from av_disentangle.evaluation import baselines  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.verification_metrics import compute_eer, compute_min_dcf  # noqa: E402
 from benchmarks import learning, limited_labels  # noqa: E402
@@ -86,6 +88,10 @@ UNTRAINED = learning.UNTRAINED
 JOINT = learning.REFERENCE  # both losses on a shared trunk, disentangle="none"
 SUPERVISED = "supervised (speaker labels)"
 LTAS = "LTAS (no learning)"
+# Free label-free baselines (`evaluate.py --baseline`), each one deterministic run.
+BASELINE_ROWS: dict[str, str] = {"MFCC mean+std (no learning)": "mfcc",
+                                 "MFCC mean+std, z-scored": "mfcc_z", LTAS: "ltas",
+                                 "LTAS, z-scored": "ltas_z"}
 # --rows keys -> row names; the self-supervised rows are `learning.CONFIGS` (one definition).
 ROW_KEYS: dict[str, str] = {
     "untrained": UNTRAINED, "content": "content only", "identity": "identity only",
@@ -194,20 +200,25 @@ def speaker_verification(emb: dict[str, np.ndarray], data: VoiceWindows,
             "trials": int(len(labels)), "targets": int(labels.sum())}
 
 
-def ltas_embeddings(data: VoiceWindows) -> dict[str, np.ndarray]:
-    """A no-learning reference: the long-term average log spectrum of each window's louder
-    half (512-sample frames, 0-5 kHz), centred over the split, as (N, 1, D) "audio_identity"
-    sequences for `speaker_verification`."""
-    x = data.windows.audio.astype(np.float64)
-    n = x.shape[1] // 256 - 1
-    frames = np.stack([x[:, 256 * k:256 * k + 512] for k in range(n)], axis=1)
-    power = np.abs(np.fft.rfft(frames * np.hanning(512), axis=-1))[..., :160] ** 2
-    logp = np.log(power + 1e-8)  # (N, n, 160)
-    level = logp.mean(axis=-1, keepdims=True)
-    loud = level >= np.median(level, axis=1, keepdims=True)
-    ltas = (logp * loud).sum(axis=1) / np.maximum(loud.sum(axis=1), 1)
-    ltas = ltas - ltas.mean(axis=0, keepdims=True)
-    return {"audio_identity": ltas[:, None, :]}
+def baseline_embeddings(kind: str, data: VoiceWindows) -> dict[str, np.ndarray]:
+    """A free baseline of `av_disentangle.evaluation.baselines` (`kind` in `BASELINES`) of
+    each track's audio (its evaluation windows joined in order: the track from frame 0), as
+    (tracks, 1, D) "audio_identity" sequences for `speaker_verification`; the same functions
+    `evaluate.py --baseline` scores files with."""
+    win = data.windows
+    log_mels = [baselines.log_mel_frames(win.audio[win.track == i].reshape(-1))
+                for i in range(len(win.track_ids))]
+    table = baselines.baseline_table(kind, log_mels)
+    # `speaker_verification` pools per window then per track: one window per track here.
+    one = learning.Windows(track_ids=win.track_ids, identities=win.identities,
+                           frames=win.frames[:0], audio=win.audio[:0],
+                           track=np.arange(len(win.track_ids)),
+                           identity=np.array([win.identity[win.track == i][0]
+                                              for i in range(len(win.track_ids))]),
+                           track_index=np.zeros(len(win.track_ids), np.int64),
+                           start=np.zeros(len(win.track_ids), np.int64),
+                           units=win.units[:0])
+    return {"audio_identity": table[:, None, :], "windows": one}
 
 
 # === Rows ===
@@ -249,18 +260,21 @@ def evaluate_row(model, heldout: VoiceWindows, evalw: VoiceWindows, train_glob: 
             "eval_targets": ev["targets"], "eval_seconds": time.time() - t0}
 
 
-def ltas_run(heldout: VoiceWindows, evalw: VoiceWindows) -> dict:
-    """The no-learning reference scored on the same trials (deterministic: one run)."""
-    held = speaker_verification(ltas_embeddings(heldout), heldout, cross_utterance=False)
-    ev = speaker_verification(ltas_embeddings(evalw), evalw, cross_utterance=True)
+def baseline_run(kind: str, heldout: VoiceWindows, evalw: VoiceWindows) -> dict:
+    """A free baseline (`baseline_embeddings`) scored on the same trials as every row
+    (deterministic: one run)."""
+    def score(data: VoiceWindows, cross_utterance: bool) -> dict[str, float]:
+        emb = baseline_embeddings(kind, data)
+        return speaker_verification(emb, VoiceWindows(emb.pop("windows"), data.utterances),
+                                    cross_utterance=cross_utterance)
+
+    held, ev = score(heldout, False), score(evalw, True)
     return {"seed": 0, "data_seed": 0, "steps": 0, "heldout_eer": held["eer"],
             "heldout_min_dcf": held["min_dcf"], "eval_eer": ev["eer"],
             "eval_min_dcf": ev["min_dcf"], "heldout_trials": held["trials"],
             "heldout_targets": held["targets"], "eval_trials": ev["trials"],
             "eval_targets": ev["targets"]}
 
-
-# === Report ===
 
 METRICS = (("heldout_eer", "held-out EER %"), ("heldout_min_dcf", "held-out minDCF"),
            ("eval_eer", "test-other EER %"), ("eval_min_dcf", "test-other minDCF"))
@@ -278,7 +292,7 @@ def make_rows(results: dict[str, list[dict]]) -> list[dict]:
         if not ref:
             continue
         for row in rows:
-            if row["config"] in (ref_name, LTAS, UNTRAINED):
+            if row["config"] in (ref_name, UNTRAINED, *BASELINE_ROWS):
                 continue
             row["differences"]["vs " + ref_name] = {
                 key: learning.paired_difference(row["runs"], ref, key, 0.0)
@@ -307,7 +321,8 @@ def completed_runs(path: str, settings: dict) -> tuple[dict[str, list[dict]], fl
             raise UserError(f"{path}: cannot resume, it was written with a different "
                             f"'{key}' ({stored.get(key)!r} there, {want[key]!r} now); "
                             f"use another --json or drop --resume")
-    return ({row["config"]: list(row["runs"]) for row in rows if row["config"] != LTAS},
+    return ({row["config"]: list(row["runs"]) for row in rows
+             if row["config"] not in BASELINE_ROWS},
             float(stored.get("total_seconds", 0.0)))
 
 
@@ -442,11 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start -= seconds_before  # the wall time reported is that of the whole table
     results: dict[str, list[dict]] = {ROW_KEYS[k]: list(done.get(ROW_KEYS[k], []))
                                       for k in row_keys}
-    results[LTAS] = [ltas_run(heldout, evalw)]
+    for name, kind in BASELINE_ROWS.items():
+        results[name] = [baseline_run(kind, heldout, evalw)]
     if done:
         print(f"[resume] {args.json}: kept " + ", ".join(
             f"{name} seeds {[r['seed'] for r in runs]}" for name, runs in results.items()
-            if runs and name != LTAS), flush=True)
+            if runs and name not in BASELINE_ROWS), flush=True)
 
     def payload() -> dict:
         return learning._json_safe({**settings, "seeds": args.seeds, "rows": make_rows(results),
@@ -515,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
 LEGEND = """\
 Cells: mean ± std over seeds [95% t-interval half-width]; EER in %, minDCF at p_target 0.05.
 Δ: paired difference row - reference with the same seed (EER in points), mean [95% t-interval
-half-width]; * = the interval excludes 0. LTAS: no learning, one deterministic run."""
+half-width]; * = the interval excludes 0. MFCC / LTAS rows: free baselines without learning
+(evaluate.py --baseline; z-scored over each trial set's tracks), one deterministic run each."""
 
 
 if __name__ == "__main__":

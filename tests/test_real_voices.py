@@ -47,7 +47,7 @@ def test_supervised_row_exists_and_is_in_range(tmp_path, capsys):
 
     payload = json.loads(out.read_text())
     rows = {r["config"]: r for r in payload["rows"]}
-    assert list(rows) == [real_voices.SUPERVISED, real_voices.LTAS]
+    assert list(rows) == [real_voices.SUPERVISED, *real_voices.BASELINE_ROWS]
     (run,) = rows[real_voices.SUPERVISED]["runs"]
     assert run["seed"] == 0 and run["steps"] == 3 and run["train_seconds"] > 0
     assert math.isfinite(run["train_loss"])
@@ -56,10 +56,12 @@ def test_supervised_row_exists_and_is_in_range(tmp_path, capsys):
     for key in ("heldout_eer", "heldout_min_dcf", "heldout_eer_raw_bn", "eval_eer",
                 "eval_min_dcf"):
         assert 0.0 <= run[key] <= 1.0, (key, run[key])
-    # Scored on the same trials as the no-learning reference.
-    ltas = rows[real_voices.LTAS]["runs"][0]
-    assert (run["heldout_trials"], run["eval_trials"]) == (ltas["heldout_trials"],
-                                                         ltas["eval_trials"])
+    # Scored on the same trials as the free baselines (evaluate.py --baseline's functions).
+    for name in real_voices.BASELINE_ROWS:
+        base = rows[name]["runs"][0]
+        assert (run["heldout_trials"], run["eval_trials"]) == (base["heldout_trials"],
+                                                             base["eval_trials"]), name
+        assert 0.0 <= base["heldout_eer"] <= 1.0 and 0.0 <= base["eval_eer"] <= 1.0
     assert run["heldout_targets"] > 0 and run["eval_targets"] > 0
 
     # --resume: the stored seed-0 run is kept as it is (not retrained), seed 1 is added.
@@ -85,8 +87,9 @@ def test_self_supervised_row_keeps_its_history_and_curve(tmp_path):
     work = tmp_path / "work"
     # 2 training speakers x 2 utterances: 4 videos cannot make a batch of 12 distinct ones.
     small = _small_voices(tmp_path / "small")
-    with pytest.raises(UserError, match=r"train/shard-\*-of-\*\.tfrecord: no full training "
-                                        r"batch of 12 tracks of distinct videos"):
+    # (train.py's trainer says it, naming the shards.)
+    with pytest.raises(UserError, match=r"train/shard-\*-of-\*\.tfrecord makes no full batch "
+                                        r"of --batch_tracks tracks of distinct videos"):
         real_voices.main(["--quick", "--voices", small, "--eval_voices", small,
                           "--train_speakers", "0", "--holdout_speakers", "2", "--rows",
                           "joint", "--steps", "2", "--workdir", str(work)])
