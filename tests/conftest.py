@@ -45,6 +45,19 @@ def random_shards(tmp_path_factory) -> str:
     return str(root / "*.tfrecord")
 
 
+def write_wav(path, samples: np.ndarray, rate: int = 16000) -> None:
+    """A 16-bit mono WAV of `samples` (clipped to [-1, 1]), its folders created."""
+    import wave
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
 def write_mp4(path, frames: np.ndarray, audio: np.ndarray, high_quality: bool = False) -> None:
     """Writes an mp4 (MPEG-4 video at 25 fps + AAC 16 kHz mono audio) with PyAV.
 

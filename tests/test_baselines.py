@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from av_disentangle.evaluation import EvaluationError, baselines, cli, verification
 from av_disentangle.evaluation.trials import make_trials
 from av_disentangle.melscale import mel_filterbank
+from conftest import write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH = REPO / "data" / "samples" / "librispeech_subset"
@@ -113,11 +113,3 @@ def test_baseline_cli_errors_and_a_short_file_named(tmp_path, ls_trials):
     logs = verification.run_verification(args)  # 2 trials left, one of each class
     assert set(logs) == {"eer", "min_dcf_0.01", "min_dcf_0.05"}
 
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +22,12 @@ from av_disentangle.verification_metrics import compute_eer
 REPO = Path(__file__).resolve().parents[1]
 
 LIBRISPEECH = REPO / "data" / "samples" / "librispeech_subset"
+from conftest import write_wav  # noqa: E402
 from standin import FACE  # the stand-in SavedModel; its fixture is in conftest.py
 
 
 # === Synthetic data ===
 
-
-def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
 
 
 @pytest.fixture()

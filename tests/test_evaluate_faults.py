@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from av_disentangle.evaluation import EvaluationError, cli, verification
 from av_disentangle.evaluation.trials import make_trials
-from conftest import run_script
+from conftest import run_script, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,14 +82,6 @@ def model(model_root) -> str:
 
 # === Data ===
 
-
-def write_wav(path: Path, x: np.ndarray, rate: int = 16000) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 def write_float_wav(path: Path, x: np.ndarray, rate: int = 16000) -> None:
