@@ -53,7 +53,8 @@ class RunConfig:
         "default", "a named set of defaults (config.RECIPES; written to config.json): "
         "'reference' = joonson/syncnet_trainer as its code runs (syncnet_trainer model, 224 px, "
         "stride 2, SGD 1e-4 momentum 0.9, weight decay 1e-5, x0.95 per 100,000 tracks, batch "
-        "30 x 50 frames); --config and explicit flags override it",
+        "30 x 50 frames); 'small_data' = Adam 3e-3 without weight decay, what learns in "
+        "CPU-sized budgets (BENCHMARKS.md); --config and explicit flags override it",
         choices=tuple(RECIPES))
     objective: str = field(
         "self_supervised", "self_supervised: the paper's face-voice training on --train_data; "

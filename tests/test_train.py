@@ -653,3 +653,6 @@ def test_recipe_reference_is_the_reference_schedule_and_model_and_flags_override
     assert settings("--config", str(config), "--batch_tracks", "6").train.batch_tracks == 6
     assert settings("--config", str(config), "--recipe", "default").train == TrainConfig(
         batch_tracks=12)
+    small = settings("--recipe", "small_data")
+    assert small.train == TrainConfig(optimizer="adam", learning_rate=3e-3, weight_decay=0.0)
+    assert small.model == ModelConfig.small()
