@@ -383,6 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1")
     parser.add_argument("--steps", type=int, default=0,
                         help="training steps of every trained row (0: the mode's default)")
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                        help="self-supervised rows: train.py --optimizer (default: the "
+                             "preset's, adam)")
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help="self-supervised rows: train.py --learning_rate (default 3e-3)")
+    parser.add_argument("--weight_decay", type=float, default=None,
+                        help="self-supervised rows: train.py --weight_decay (default 0)")
     parser.add_argument("--rows", default="",
                         help=f"comma-separated rows out of {','.join(ROW_KEYS)} (default: "
                              f"{','.join(ROWS_QUICK)} with --quick, all otherwise)")
@@ -414,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     # Whole epochs of at most `steps` steps, so `--steps` is the exact count of every row.
     preset = dataclasses.replace(sizes.preset,
                                  steps_per_epoch=min(sizes.preset.steps_per_epoch, steps))
+    recipe = {k: getattr(args, k) for k in ("optimizer", "learning_rate", "weight_decay")
+              if getattr(args, k) is not None}
+    preset = dataclasses.replace(preset, **recipe)  # recorded in the JSON's preset
     steps = -(-steps // preset.steps_per_epoch) * preset.steps_per_epoch
     voices_dir = args.voices or str(SHARED_VOICES if SHARED_VOICES.is_dir() else BUNDLED_VOICES)
     if os.path.realpath(voices_dir) == os.path.realpath(BUNDLED_VOICES):  # 5 speakers

@@ -98,10 +98,13 @@ def test_self_supervised_row_keeps_its_history_and_curve(tmp_path):
     rc = real_voices.main(["--quick", "--voices", voices, "--eval_voices", small,
                            "--train_speakers", "0", "--holdout_speakers", "2",
                            "--rows", "joint", "--seeds", "1", "--steps", "2", "--curve", "1",
+                           "--optimizer", "sgd", "--learning_rate", "0.01",
                            "--workdir", str(work), "--json", str(out)])
     assert rc == 0
-    (run,) = {r["config"]: r for r in json.loads(out.read_text())["rows"]}[
-        real_voices.JOINT]["runs"]
+    payload = json.loads(out.read_text())
+    # The recipe (train.py's optimizer flags) is part of the preset, so --resume cannot mix.
+    assert (payload["preset"]["optimizer"], payload["preset"]["learning_rate"]) == ("sgd", 0.01)
+    (run,) = {r["config"]: r for r in payload["rows"]}[real_voices.JOINT]["runs"]
     # One epoch of 2 steps: the per-epoch history of both tasks, the last loss as train_loss.
     assert run["history"]["loss"][-1] == run["train_loss"]
     for key in ("content_acc", "identity_acc", "identity_loss"):
