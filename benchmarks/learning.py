@@ -74,6 +74,7 @@ from av_disentangle import files, losses, run  # noqa: E402
 from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig, ModelConfig  # noqa: E402
 from av_disentangle.errors import UserError  # noqa: E402
+from av_disentangle.evaluation import BASELINES, baselines  # noqa: E402
 from av_disentangle.flags import Settings, parse_flags, resolve_settings  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.streams import CONTENT, IDENTITY  # noqa: E402
@@ -307,6 +308,22 @@ def verification_eers(emb: dict[str, np.ndarray], win: Windows) -> dict[str, flo
             "sv_eer_content_emb": eer(cv_scores, sv_labels),
             "sv_trials": int(len(sv_labels)), "sv_targets": int(sv_labels.sum()),
             "xmodal_trials": int(len(xm_labels))}
+
+
+def baseline_sv_eers(win: Windows) -> dict[str, float]:
+    """The free baselines of `evaluate.py --baseline` (`evaluation.baselines`: MFCC mean+std
+    and the long-term average log-mel, raw and z-scored over the tracks) on the same SV trials
+    as `verification_eers` (all pairs of tracks; each track's evaluation windows joined)."""
+    ident = track_identity(win)
+    log_mels = [baselines.log_mel_frames(win.audio[win.track == t].reshape(-1))
+                for t in range(len(win.track_ids))]
+    i, j = np.triu_indices(len(ident), k=1)
+    labels = (ident[i] == ident[j]).astype(np.int64)
+    out = {}
+    for kind in BASELINES:
+        table = unit(baselines.baseline_table(kind, log_mels).astype(np.float64))
+        out[kind] = eer(np.einsum("pd,pd->p", table[i], table[j]), labels)
+    return out
 
 
 BOOTSTRAP_RESAMPLES = 200
@@ -1140,6 +1157,7 @@ def _main(argv: list[str] | None) -> int:
     curves: dict[str, list] = {}
     chance: dict = {}
     any_run: dict = {}
+    free_baselines: dict[str, dict[str, dict[str, float]]] = {}  # corr -> world -> kind -> EER
     for corr in correlations:
         results: dict[str, list] = {}
         timings: dict[str, list] = {}
@@ -1154,6 +1172,10 @@ def _main(argv: list[str] | None) -> int:
                   f"({len(win_te.identities)} identities, {len(win_te.track_ids)} tracks); "
                   f"loaded in {time.time() - t0:.1f} s", flush=True)
             train_glob = os.path.join(dirs["train"], "*.tfrecord")
+            base = baseline_sv_eers(win_te)
+            free_baselines.setdefault(f"{corr:g}", {})[str(data_seed)] = base
+            print("[baseline] held-out SV EER without learning: " + ", ".join(
+                f"{k} {100 * v:.1f}" for k, v in base.items()), flush=True)
 
             def recal_dataset(seed: int) -> tf.data.Dataset | None:
                 if not preset.recalibration_batches:
@@ -1213,7 +1235,7 @@ def _main(argv: list[str] | None) -> int:
                "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
                "chance": chance, "total_seconds": time.time() - t_start,
                "tables": [{"correlation": c, "rows": by_corr[c]} for c in correlations],
-               "curves": curves}
+               "curves": curves, "baselines": free_baselines}
     report(payload, args.curve_png, args.out)
     return 0
 
@@ -1265,9 +1287,12 @@ def merge_payloads(payloads: list[dict]) -> dict:
                     row["training"])
     correlations = sorted(results)
     curves: dict[str, list] = {}
+    free_baselines: dict[str, dict] = {}
     for payload in payloads:
         for label, runs in payload.get("curves", {}).items():
             curves.setdefault(label, []).extend(runs)
+        for corr, worlds in payload.get("baselines", {}).items():
+            free_baselines.setdefault(corr, {}).update(worlds)  # deterministic per world
     return {"mode": first["mode"],
             "seeds": sorted({s for p in payloads for s in p["seeds"]}),
             "data_seeds": sorted({s for p in payloads for s in p["data_seeds"]}),
@@ -1275,8 +1300,22 @@ def merge_payloads(payloads: list[dict]) -> dict:
             "total_seconds": float(sum(p["total_seconds"] for p in payloads)),
             "tables": [{"correlation": c, "rows": make_rows(results[c], timings[c])}
                        for c in correlations],
-            "curves": curves, "merged_from": len(payloads),
+            "curves": curves, "baselines": free_baselines, "merged_from": len(payloads),
             **{key: first.get(key, old) for key, old in SETTING_KEYS.items()}}
+
+
+def format_baselines(worlds: dict[str, dict[str, float]]) -> str:
+    """Markdown: the free baselines' held-out SV EER (%) per world and their mean, on the
+    same trials as the SV EER column."""
+    kinds = list(next(iter(worlds.values())))
+    lines = ["free baselines, held-out SV EER % (no learning; evaluate.py --baseline):",
+             "| baseline | " + " | ".join(f"world {w}" for w in sorted(worlds)) + " | mean |",
+             "|---|" + "---|" * (len(worlds) + 1)]
+    for kind in kinds:
+        values = [worlds[w][kind] for w in sorted(worlds)]
+        lines.append(f"| {kind} | " + " | ".join(f"{100 * v:.1f}" for v in values)
+                     + f" | {100 * float(np.mean(values)):.1f} |")
+    return "\n".join(lines)
 
 
 def report(payload: dict, curve_png: str = "", out: str = "") -> None:
@@ -1292,7 +1331,8 @@ def report(payload: dict, curve_png: str = "", out: str = "") -> None:
           f"{preset['test_identities']} held-out identities x {preset['tracks_per_identity']} "
           f"tracks x {preset['num_frames']} frames, {preset['face_size']}px; window "
           f"{preset['window_frames']} frames (T'={any_run['num_steps']}), batch "
-          f"{preset['batch_tracks']} tracks, Adam lr {preset['learning_rate']}; held-out "
+          f"{preset['batch_tracks']} tracks, {preset.get('optimizer', 'adam')} lr "
+          f"{preset['learning_rate']}; held-out "
           f"trials per world: SV {any_run['sv_targets']} target / {any_run['sv_trials']}; "
           f"model {preset['model']}")
     for corr in correlations:
@@ -1301,6 +1341,9 @@ def report(payload: dict, curve_png: str = "", out: str = "") -> None:
         print(format_table(by_corr[corr], chance))
         if any(r["vs_reference"] for r in by_corr[corr]):
             print(format_differences(by_corr[corr]))
+        worlds = payload.get("baselines", {}).get(f"{corr:g}", {})
+        if worlds:
+            print(format_baselines(worlds))
     if len(correlations) > 1:
         print()
         print(format_correlation_summary(by_corr))

@@ -195,6 +195,10 @@ def test_learning_benchmark_smoke(tmp_path, monkeypatch):
     assert adv["vs_reference"]["sv_eer"]["n"] == 1
     assert [p[0] for p in adv["training"][0]["curve"]] == [0, 1, 2]
     assert png.stat().st_size > 1000
+    # The free baselines on the same held-out SV trials, per world, all four kinds.
+    (free,) = result["baselines"]["0.9"].values()
+    assert set(free) == {"mfcc", "mfcc_z", "ltas", "ltas_z"}
+    assert all(0.0 <= v <= 1.0 for v in free.values())
     events = glob.glob(str(tmp_path / "work" / "curves" / "corr0.9" / "world0" / "seed0" /
                            "both___adversarial" / "events.out.tfevents.*"))
     assert events, list((tmp_path / "work").rglob("*"))
