@@ -310,20 +310,24 @@ def verification_eers(emb: dict[str, np.ndarray], win: Windows) -> dict[str, flo
             "xmodal_trials": int(len(xm_labels))}
 
 
-def baseline_sv_eers(win: Windows) -> dict[str, float]:
+def baseline_track_tables(win: Windows) -> dict[str, np.ndarray]:
     """The free baselines of `evaluate.py --baseline` (`evaluation.baselines`: MFCC mean+std
-    and the long-term average log-mel, raw and z-scored over the tracks) on the same SV trials
-    as `verification_eers` (all pairs of tracks; each track's evaluation windows joined)."""
-    ident = track_identity(win)
+    and the long-term average log-mel, raw and z-scored over the tracks) of each track's audio
+    (its evaluation windows joined in order): {kind: (num_tracks, D) unit vectors}."""
     log_mels = [baselines.log_mel_frames(win.audio[win.track == t].reshape(-1))
                 for t in range(len(win.track_ids))]
+    return {kind: unit(baselines.baseline_table(kind, log_mels).astype(np.float64))
+            for kind in BASELINES}
+
+
+def baseline_sv_eers(win: Windows) -> dict[str, float]:
+    """`baseline_track_tables`' SV EER on the same trials as `verification_eers` (all pairs
+    of tracks)."""
+    ident = track_identity(win)
     i, j = np.triu_indices(len(ident), k=1)
     labels = (ident[i] == ident[j]).astype(np.int64)
-    out = {}
-    for kind in BASELINES:
-        table = unit(baselines.baseline_table(kind, log_mels).astype(np.float64))
-        out[kind] = eer(np.einsum("pd,pd->p", table[i], table[j]), labels)
-    return out
+    return {kind: eer(np.einsum("pd,pd->p", table[i], table[j]), labels)
+            for kind, table in baseline_track_tables(win).items()}
 
 
 BOOTSTRAP_RESAMPLES = 200
@@ -664,17 +668,11 @@ def trainer_settings(loss_config: LossConfig, preset: Preset, train_glob: str, s
 
 
 def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, seed: int,
-          steps: int | None, minutes: float | None = None,
-          curve: Curve | None = None) -> tuple[DisentangleModel, dict]:
+          steps: int, curve: Curve | None = None) -> tuple[DisentangleModel, dict]:
     """Trains one configuration with `train.py`'s trainer (`run.train`: its optimizer
     factory and schedule, resumable fit, BatchNorm, input pipeline, checks), `steps` rounded
     up to whole epochs of `preset.steps_per_epoch`, in a fresh run directory that is removed
-    afterwards; one `fit`, so the input pipeline runs on and every step sees new windows.
-    `minutes` (train for a wall-time budget) is no longer supported: the trainer runs a
-    fixed number of steps."""
-    if minutes is not None or steps is None:
-        raise UserError("--minutes_per_config is not supported since the benchmarks train "
-                        "with train.py's trainer: pass --steps")
+    afterwards; one `fit`, so the input pipeline runs on and every step sees new windows."""
     spe = preset.steps_per_epoch
     model_dir = tempfile.mkdtemp(prefix=f"learning_{_slug(name)}_{seed}_")
     keep = _KeepModel()
@@ -765,7 +763,7 @@ def run_real(configs: dict[str, LossConfig], steps: int, seed: int) -> int:
         if loss_config is None:
             model = DisentangleModel(preset.model, LossConfig(disentangle="none"))
         else:
-            model, info = train(name, loss_config, preset, glob, seed, steps, None)
+            model, info = train(name, loss_config, preset, glob, seed, steps)
         emb_all, emb_grid = embed(model, win_all), embed(model, win_grid)
         metrics = sync_metrics(emb_all, preset.offset_steps)
         metrics.update(verification_eers(emb_grid, win_grid))
@@ -1195,15 +1193,14 @@ def _main(argv: list[str] | None) -> int:
                     timings.setdefault(UNTRAINED, []).append(
                         {**tag, "steps": 0, "train_seconds": 0.0,
                          "eval_seconds": time.time() - t0, "history": {}})
-                seed_steps = steps
                 for name, loss_config in configs.items():
                     curve = None
                     if args.curve_every:
                         logdir = os.path.join(args.workdir, "curves", f"corr{corr:g}",
                                               f"world{data_seed}", f"seed{seed}", _slug(name))
                         curve = Curve(win_te, args.curve_every, logdir, preset.offset_steps)
-                    model, info = train(name, loss_config, preset, train_glob, seed,
-                                        seed_steps, None, curve)
+                    model, info = train(name, loss_config, preset, train_glob, seed, steps,
+                                        curve)
                     t0 = time.time()
                     metrics = evaluate(model, win_tr, win_te, preset, recal_dataset(seed))
                     info["eval_seconds"] = time.time() - t0

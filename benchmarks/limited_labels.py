@@ -131,7 +131,7 @@ def pretrain(setting: Setting, train_glob: str, seed: int, run_dir: str):
     Returns (model, info)."""
     loss_config = LossConfig()
     model, info = learning.train("self-supervised pretraining", loss_config, setting.world,
-                                 train_glob, seed, setting.pretrain_steps, None)
+                                 train_glob, seed, setting.pretrain_steps)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     files.write_json_atomic(os.path.join(run_dir, "config.json"),
                             {"model": to_dict(setting.world.model),

@@ -33,7 +33,7 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    (`reestimate_batchnorm`, `preset.recalibration_batches`); the held-out EER with the moving
    statistics training left is reported too. Rows without learning: the free baselines of
    `evaluate.py --baseline` (MFCC 1-19 mean+std and the long-term average log-mel of each
-   track, raw and z-scored; `baseline_embeddings`), on the same trials. Every trained row,
+   track, raw and z-scored; `baseline_runs`), on the same trials. Every trained row,
    the supervised one included, is evaluated by the same `evaluate_row`.
 4. Report: per row mean ± std over seeds and the 95% t-interval half-width
    (`learning.summarise`), and the paired differences (same seed) to the untrained row and to
@@ -72,7 +72,6 @@ from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig  # noqa: E402
 from av_disentangle.constants import VIDEO_FPS  # noqa: E402
 from av_disentangle.errors import UserError, run_cli  # noqa: E402
-from av_disentangle.evaluation import baselines  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.verification_metrics import compute_eer, compute_min_dcf  # noqa: E402
 from benchmarks import learning, limited_labels  # noqa: E402
@@ -183,9 +182,15 @@ def load_voice_windows(directory: str, window: int) -> VoiceWindows:
 def speaker_verification(emb: dict[str, np.ndarray], data: VoiceWindows,
                          cross_utterance: bool) -> dict[str, float]:
     """EER and minDCF of the audio identity embedding over track pairs (cosine)."""
-    win = data.windows
-    voice = learning.track_embeddings(emb["audio_identity"], win)
-    speaker = learning.track_identity(win)
+    voice = learning.track_embeddings(emb["audio_identity"], data.windows)
+    return track_verification(voice, data, cross_utterance)
+
+
+def track_verification(voice: np.ndarray, data: VoiceWindows,
+                       cross_utterance: bool) -> dict[str, float]:
+    """EER and minDCF of (num_tracks, D) unit track embeddings over track pairs (cosine);
+    `cross_utterance`: only pairs of tracks from different utterances."""
+    speaker = learning.track_identity(data.windows)
     utt = np.asarray(data.utterances)
     i, j = np.triu_indices(len(speaker), k=1)
     if cross_utterance:
@@ -198,27 +203,6 @@ def speaker_verification(emb: dict[str, np.ndarray], data: VoiceWindows,
     return {"eer": float(compute_eer(scores, labels)[0]),
             "min_dcf": float(compute_min_dcf(scores, labels, P_TARGET)[0]),
             "trials": int(len(labels)), "targets": int(labels.sum())}
-
-
-def baseline_embeddings(kind: str, data: VoiceWindows) -> dict[str, np.ndarray]:
-    """A free baseline of `av_disentangle.evaluation.baselines` (`kind` in `BASELINES`) of
-    each track's audio (its evaluation windows joined in order: the track from frame 0), as
-    (tracks, 1, D) "audio_identity" sequences for `speaker_verification`; the same functions
-    `evaluate.py --baseline` scores files with."""
-    win = data.windows
-    log_mels = [baselines.log_mel_frames(win.audio[win.track == i].reshape(-1))
-                for i in range(len(win.track_ids))]
-    table = baselines.baseline_table(kind, log_mels)
-    # `speaker_verification` pools per window then per track: one window per track here.
-    one = learning.Windows(track_ids=win.track_ids, identities=win.identities,
-                           frames=win.frames[:0], audio=win.audio[:0],
-                           track=np.arange(len(win.track_ids)),
-                           identity=np.array([win.identity[win.track == i][0]
-                                              for i in range(len(win.track_ids))]),
-                           track_index=np.zeros(len(win.track_ids), np.int64),
-                           start=np.zeros(len(win.track_ids), np.int64),
-                           units=win.units[:0])
-    return {"audio_identity": table[:, None, :], "windows": one}
 
 
 # === Rows ===
@@ -260,20 +244,22 @@ def evaluate_row(model, heldout: VoiceWindows, evalw: VoiceWindows, train_glob: 
             "eval_targets": ev["targets"], "eval_seconds": time.time() - t0}
 
 
-def baseline_run(kind: str, heldout: VoiceWindows, evalw: VoiceWindows) -> dict:
-    """A free baseline (`baseline_embeddings`) scored on the same trials as every row
-    (deterministic: one run)."""
-    def score(data: VoiceWindows, cross_utterance: bool) -> dict[str, float]:
-        emb = baseline_embeddings(kind, data)
-        return speaker_verification(emb, VoiceWindows(emb.pop("windows"), data.utterances),
-                                    cross_utterance=cross_utterance)
-
-    held, ev = score(heldout, False), score(evalw, True)
-    return {"seed": 0, "data_seed": 0, "steps": 0, "heldout_eer": held["eer"],
-            "heldout_min_dcf": held["min_dcf"], "eval_eer": ev["eer"],
-            "eval_min_dcf": ev["min_dcf"], "heldout_trials": held["trials"],
-            "heldout_targets": held["targets"], "eval_trials": ev["trials"],
-            "eval_targets": ev["targets"]}
+def baseline_runs(heldout: VoiceWindows, evalw: VoiceWindows) -> dict[str, list[dict]]:
+    """The free baselines (`learning.baseline_track_tables`: `evaluate.py --baseline`'s
+    functions on each track's audio) scored on the same trials as every row; one
+    deterministic run per `BASELINE_ROWS` row."""
+    held_tables = learning.baseline_track_tables(heldout.windows)
+    eval_tables = learning.baseline_track_tables(evalw.windows)
+    rows = {}
+    for name, kind in BASELINE_ROWS.items():
+        held = track_verification(held_tables[kind], heldout, cross_utterance=False)
+        ev = track_verification(eval_tables[kind], evalw, cross_utterance=True)
+        rows[name] = [{"seed": 0, "data_seed": 0, "steps": 0, "heldout_eer": held["eer"],
+                       "heldout_min_dcf": held["min_dcf"], "eval_eer": ev["eer"],
+                       "eval_min_dcf": ev["min_dcf"], "heldout_trials": held["trials"],
+                       "heldout_targets": held["targets"], "eval_trials": ev["trials"],
+                       "eval_targets": ev["targets"]}]
+    return rows
 
 
 METRICS = (("heldout_eer", "held-out EER %"), ("heldout_min_dcf", "held-out minDCF"),
@@ -467,8 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start -= seconds_before  # the wall time reported is that of the whole table
     results: dict[str, list[dict]] = {ROW_KEYS[k]: list(done.get(ROW_KEYS[k], []))
                                       for k in row_keys}
-    for name, kind in BASELINE_ROWS.items():
-        results[name] = [baseline_run(kind, heldout, evalw)]
+    results.update(baseline_runs(heldout, evalw))
     if done:
         print(f"[resume] {args.json}: kept " + ", ".join(
             f"{name} seeds {[r['seed'] for r in runs]}" for name, runs in results.items()
@@ -502,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                     curve = learning.Curve(heldout.windows, args.curve, os.path.join(
                         args.workdir, "curves", tag, f"seed{seed}", key), preset.offset_steps)
                 model, tinfo = learning.train(name, learning.CONFIGS[name], preset,
-                                              train_glob, seed, steps, None, curve)
+                                              train_glob, seed, steps, curve)
                 # Per-epoch training losses and accuracies (identity_acc: is the face-voice
                 # task learned at all?), and the curve when asked for.
                 info = {k: v for k, v in tinfo.items() if k in ("steps", "train_seconds",

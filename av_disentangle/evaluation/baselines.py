@@ -57,11 +57,16 @@ def zscore(table: np.ndarray) -> np.ndarray:
     return (table - table.mean(axis=0)) / np.where(std > 0, std, 1.0)
 
 
+def check_kind(kind: str) -> None:
+    """EvaluationError unless `kind` is one of `BASELINES`."""
+    if kind not in BASELINES:
+        raise EvaluationError(f"unknown baseline {kind!r}: one of {', '.join(BASELINES)}")
+
+
 def baseline_table(kind: str, log_mels: Sequence[np.ndarray]) -> np.ndarray:
     """The (F, D) float32 baseline embeddings of F files' log-mel frames, `kind` in
     `BASELINES`."""
-    if kind not in BASELINES:
-        raise EvaluationError(f"unknown baseline {kind!r}: one of {', '.join(BASELINES)}")
+    check_kind(kind)
     summarise = mfcc_stats if kind.startswith("mfcc") else ltas
     table = np.stack([summarise(m) for m in log_mels]).astype(np.float64)
     return (zscore(table) if kind.endswith("_z") else table).astype(np.float32)

@@ -209,9 +209,7 @@ def embed_files_baseline(kind: str, paths: Sequence[str], audio_root: str | os.P
     """A free baseline's embeddings of whole files (`baselines.BASELINES`), in the shape
     `embed_files` returns: `(embeddings (F', 1, D) float32, bad {path: reason})`; a file
     shorter than one analysis window counts as unusable."""
-    if kind not in baselines.BASELINES:
-        raise EvaluationError(f"unknown baseline {kind!r}: one of "
-                              f"{', '.join(baselines.BASELINES)}")
+    baselines.check_kind(kind)  # before any decoding
     bad: dict[str, str] = {}
     conditions = AudioConditions()
     log_mels = []
