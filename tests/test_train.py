@@ -386,6 +386,12 @@ def test_remote_paths_train_resume_and_export_on_ram_filesystem(random_shards, c
     # The default --mixed_precision auto resumes in the precision the run was started with.
     assert "mixed precision: none (auto: the precision this run was started with)" in caplog.text
     assert read_json(f"{model_dir}/config.json")["flags"]["mixed_precision"] == "none"
+    # A bf16 run leaves the caller's Keras policy as it found it (float32 here).
+    import keras
+
+    assert train("--epochs", "3", "--no_export", "--mixed_precision", "bfloat16",
+                 "--model_dir", f"{root}/bf16") == (None, False)
+    assert keras.mixed_precision.global_policy().name == "float32"
     assert read_json(f"{model_dir}/backup/training_metadata.json")["step"] == 4
     assert read_json(f"{model_dir}/export.json")["export_dir"] == export_dir
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
