@@ -68,20 +68,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from scipy import optimize  # noqa: E402
 
-from av_disentangle import files, losses, run  # noqa: E402
+from av_disentangle import files, run  # noqa: E402
 from av_disentangle.batchnorm import reestimate_batchnorm  # noqa: E402
 from av_disentangle.config import LossConfig, ModelConfig  # noqa: E402
-from av_disentangle.errors import UserError  # noqa: E402
-from av_disentangle.evaluation import BASELINES, baselines  # noqa: E402
+from av_disentangle.evaluation import windows  # noqa: E402
+from av_disentangle.evaluation.probes import (linear_probe_accuracy,  # noqa: E402
+                                              mlp_probe_accuracy, single_thread_blas)
+from av_disentangle.evaluation.windows import (Windows, WindowEmbedder,  # noqa: E402
+                                               baseline_track_tables, sync_scores,
+                                               track_trials, track_windows, verify_tables)
 from av_disentangle.flags import Settings, parse_flags, resolve_settings  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
-from av_disentangle.streams import CONTENT, IDENTITY  # noqa: E402
 from av_disentangle.training import choose_mixed_precision, cpu_flags  # noqa: E402
-from av_disentangle.verification_metrics import compute_eer  # noqa: E402
+from av_disentangle.verification_metrics import compute_eer, cosine_pair_scores  # noqa: E402
 from pipelines import records, synthetic  # noqa: E402
-from pipelines.input import InputConfig, fixed_windows, make_dataset  # noqa: E402
+from pipelines.input import InputConfig, make_dataset  # noqa: E402
 
 
 # === Settings ===
@@ -177,48 +179,19 @@ def make_world(workdir: str, preset: Preset, seed: int = 0,
     return out
 
 
-@dataclasses.dataclass
-class Windows:
-    """Deterministic evaluation windows of one split, in memory."""
-
-    frames: np.ndarray  # (N, T, S, S, 3) uint8
-    audio: np.ndarray  # (N, T * 640) float32
-    track: np.ndarray  # (N,) int, index into track_ids
-    identity: np.ndarray  # (N,) int, index into identities
-    track_index: np.ndarray  # (N,) int, the track's index within its identity
-    start: np.ndarray  # (N,) int, start frame
-    units: np.ndarray  # (N, T) int, per-frame content unit
-    track_ids: list
-    identities: list
-
-
 def load_windows(directory: str, window: int) -> Windows:
-    """Cuts every track of a split into non-overlapping windows starting at frame 0."""
+    """Cuts every track of a split into non-overlapping windows starting at frame 0
+    (`evaluation.windows.track_windows`), with the world's per-frame content units."""
     manifest = synthetic.load_manifest(directory)
     by_id = {t["track_id"]: t for t in manifest["tracks"]}
     tracks = []
     for shard in manifest["shards"]:
         tracks.extend(records.read_tracks(os.path.join(directory, shard)))
     tracks.sort(key=lambda t: t["track_id"].decode())
-    identities = sorted({t["identity"].decode() for t in tracks})
-    cols = {k: [] for k in ("frames", "audio", "track", "identity", "track_index", "start",
-                            "units")}
-    track_ids = []
-    for i, t in enumerate(tracks):
-        tid = t["track_id"].decode()
-        track_ids.append(tid)
-        units = np.asarray(by_id[tid]["units"], np.int64)
-        for start, frames, audio in fixed_windows(t["frames"], t["audio"], window):
-            cols["frames"].append(frames)
-            cols["audio"].append(audio)
-            cols["track"].append(i)
-            cols["identity"].append(identities.index(t["identity"].decode()))
-            cols["track_index"].append(by_id[tid]["track_index"])
-            cols["start"].append(start)
-            cols["units"].append(units[start:start + window])
-    arrays = {k: np.stack(v) if k in ("frames", "audio", "units") else np.asarray(v)
-              for k, v in cols.items()}
-    return Windows(track_ids=track_ids, identities=identities, **arrays)
+    ids = [t["track_id"].decode() for t in tracks]
+    return track_windows(tracks, window, ids, [t["identity"].decode() for t in tracks],
+                         track_index=[by_id[i]["track_index"] for i in ids],
+                         units=[by_id[i]["units"] for i in ids])
 
 
 # === Metrics ===
@@ -228,105 +201,37 @@ def eer(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(compute_eer(np.asarray(scores, np.float64), np.asarray(labels, np.int64))[0])
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+EVAL_CROPS = 10  # crops per track for verification: evaluate.py's --num_crops default
 
 
-def stream_functions(model: DisentangleModel) -> tuple:
-    """(face_fn, audio_fn): the streams in inference mode as tf.functions."""
-    face_fn = tf.function(lambda x: model.face_stream(x, training=False), reduce_retracing=True)
-    audio_fn = tf.function(lambda x: model.audio_stream(x, training=False),
-                           reduce_retracing=True)
-    return face_fn, audio_fn
+def crop_tables(embedder: WindowEmbedder, win: Windows) -> dict[str, np.ndarray]:
+    """Per track, `EVAL_CROPS` crops of one window's length (`WindowEmbedder.crop_tables`)."""
+    return embedder.crop_tables(win, EVAL_CROPS)
 
 
-def embed(model: DisentangleModel, win: Windows, batch: int = 32,
-          functions: tuple | None = None) -> dict[str, np.ndarray]:
-    """(N, T', D) face/audio content/identity sequences of every window (training=False);
-    `functions` = `stream_functions(model)` to reuse traced functions across calls."""
-    face_fn, audio_fn = functions or stream_functions(model)
-    out = {k: [] for k in ("face_content", "face_identity", "audio_content", "audio_identity")}
-    for s in range(0, len(win.frames), batch):
-        f = face_fn(tf.constant(win.frames[s:s + batch]))
-        a = audio_fn(tf.constant(win.audio[s:s + batch]))
-        out["face_content"].append(f[CONTENT].numpy())
-        out["face_identity"].append(f[IDENTITY].numpy())
-        out["audio_content"].append(a[CONTENT].numpy())
-        out["audio_identity"].append(a[IDENTITY].numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def sync_metrics(emb: dict[str, np.ndarray], max_shift: int) -> dict[str, float]:
-    """Top-1 within-window step matching and the diagonal-shift offset search."""
-    cosine = lambda a, b: tf.linalg.matmul(a, b, transpose_b=True)  # noqa: E731
-    logits = losses.content_logits(tf.constant(emb["face_content"]),
-                                   tf.constant(emb["audio_content"]), cosine)
-    top1 = float(losses.matching_accuracy(logits))
-    sim = logits.numpy()  # (N, T', T')
-    n_steps = sim.shape[1]
-    shifts = np.arange(-max_shift, max_shift + 1)
-    # Mean cosine along each diagonal: face step t vs audio step t + d.
-    diag = np.stack([np.mean(np.diagonal(sim, offset=int(d), axis1=1, axis2=2), axis=-1)
-                     for d in shifts], axis=1)
-    offset_acc = float(np.mean(shifts[np.argmax(diag, axis=1)] == 0))
-    return {"sync_top1": top1, "sync_offset_acc": offset_acc, "num_steps": n_steps}
-
-
-def track_embeddings(seq: np.ndarray, win: Windows) -> np.ndarray:
-    """(N, T', D) per-window sequences -> (num_tracks, D): mean of unit window means.
-
-    Cosine of two such vectors (unnormalised) is proportional to the mean cosine over window
-    pairs, the reference code's multi-crop score; we L2-normalise so scores are cosines.
-    """
-    per_window = unit(seq.mean(axis=1))
-    out = np.zeros((len(win.track_ids), per_window.shape[1]), np.float64)
-    np.add.at(out, win.track, per_window)
-    return unit(out)
-
-
-def track_identity(win: Windows) -> np.ndarray:
-    ident = np.zeros(len(win.track_ids), np.int64)
-    ident[win.track] = win.identity
-    return ident
-
-
-def verification_eers(emb: dict[str, np.ndarray], win: Windows) -> dict[str, float]:
-    """Voice-voice SV EER over all track pairs, and face->voice cross-modal EER."""
-    ident = track_identity(win)
-    voice = track_embeddings(emb["audio_identity"], win)
-    face = track_embeddings(emb["face_identity"], win)
-    i, j = np.triu_indices(len(ident), k=1)
-    sv_scores = np.einsum("pd,pd->p", voice[i], voice[j])
-    sv_labels = (ident[i] == ident[j]).astype(np.int64)
-    a, b = np.nonzero(~np.eye(len(ident), dtype=bool))  # ordered pairs, a != b
-    xm_scores = np.einsum("pd,pd->p", face[a], voice[b])
-    xm_labels = (ident[a] == ident[b]).astype(np.int64)
-    # Content embeddings used as speaker embeddings: how much identity they still carry.
-    content_voice = track_embeddings(emb["audio_content"], win)
-    cv_scores = np.einsum("pd,pd->p", content_voice[i], content_voice[j])
-    return {"sv_eer": eer(sv_scores, sv_labels), "xmodal_eer": eer(xm_scores, xm_labels),
-            "sv_eer_content_emb": eer(cv_scores, sv_labels),
-            "sv_trials": int(len(sv_labels)), "sv_targets": int(sv_labels.sum()),
-            "xmodal_trials": int(len(xm_labels))}
-
-
-def baseline_track_tables(win: Windows) -> dict[str, np.ndarray]:
-    """The free baselines of `evaluate.py --baseline` (`evaluation.baselines`: MFCC mean+std
-    and the long-term average log-mel, raw and z-scored over the tracks) of each track's audio
-    (its evaluation windows joined in order): {kind: (num_tracks, D) unit vectors}."""
-    log_mels = [baselines.log_mel_frames(win.audio[win.track == t].reshape(-1))
-                for t in range(len(win.track_ids))]
-    return {kind: unit(baselines.baseline_table(kind, log_mels).astype(np.float64))
-            for kind in BASELINES}
+def verification_eers(tables: dict[str, np.ndarray], win: Windows) -> dict[str, float]:
+    """From `crop_tables`: voice-voice SV EER over all track pairs, face->voice cross-modal EER
+    over all ordered pairs of different tracks, and the SV EER of the pooled audio CONTENT
+    embedding (how much identity it still carries); scored by `evaluation.windows.verify_tables`
+    (evaluate.py's `score_pairs`)."""
+    ident = win.track_identity()
+    voice = tables["audio_identity"]
+    sv_trials = track_trials(ident)
+    sv = verify_tables(voice, voice, sv_trials, "held-out SV trials")
+    xm = verify_tables(tables["face_identity"], voice, track_trials(ident, ordered=True),
+                       "held-out face-voice trials")
+    content = tables["audio_content"]
+    cv = verify_tables(content, content, sv_trials, "held-out SV trials")
+    return {"sv_eer": sv["eer"], "sv_min_dcf": sv["min_dcf_0.05"], "xmodal_eer": xm["eer"],
+            "sv_eer_content_emb": cv["eer"], "sv_trials": sv["trials"],
+            "sv_targets": sv["targets"], "xmodal_trials": xm["trials"]}
 
 
 def baseline_sv_eers(win: Windows) -> dict[str, float]:
-    """`baseline_track_tables`' SV EER on the same trials as `verification_eers` (all pairs
-    of tracks)."""
-    ident = track_identity(win)
-    i, j = np.triu_indices(len(ident), k=1)
-    labels = (ident[i] == ident[j]).astype(np.int64)
-    return {kind: eer(np.einsum("pd,pd->p", table[i], table[j]), labels)
+    """The free baselines' (`evaluation.windows.baseline_track_tables`) SV EER on the same
+    trials as `verification_eers` (all pairs of tracks)."""
+    trials = track_trials(win.track_identity())
+    return {kind: verify_tables(table, table, trials, "held-out SV trials")["eer"]
             for kind, table in baseline_track_tables(win).items()}
 
 
@@ -354,18 +259,25 @@ def _pair_eer(scores: np.ndarray, ident: np.ndarray, tracks: np.ndarray,
     return eer(sub[mask], labels.astype(np.int64))
 
 
-def trial_errors(emb: dict[str, np.ndarray], win: Windows, seed: int = 0,
-                 resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, float]:
+def score_matrix(table1: np.ndarray, table2: np.ndarray) -> np.ndarray:
+    """(n, n) scores of every pair of rows of two (n, N, D) crop tables
+    (`verification_metrics.cosine_pair_scores`: the mean cosine over crop pairs)."""
+    n = table1.shape[0]
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    return cosine_pair_scores(table1, table2, i.ravel(), j.ravel()).reshape(n, n)
+
+
+def trial_errors(tables: dict[str, np.ndarray], emb: dict[str, np.ndarray], win: Windows,
+                 seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, float]:
     """Trial-sampling standard errors of the held-out SV EER, F-V EER and sync@1: std over
     `resamples` bootstrap draws of the held-out identities with replacement (each drawn
     identity brings all its tracks; pairs of a track with itself are dropped), and the
     binomial SE of the SV EER."""
-    ident = track_identity(win)
-    voice = track_embeddings(emb["audio_identity"], win)
-    face = track_embeddings(emb["face_identity"], win)
-    sv_scores, xm_scores = voice @ voice.T, face @ voice.T  # (n, n)
+    ident = win.track_identity()
+    sv_scores = score_matrix(tables["audio_identity"], tables["audio_identity"])
+    xm_scores = score_matrix(tables["face_identity"], tables["audio_identity"])
     # Per-window sync correctness: face step t picks audio step t (the dot product of
-    # `sync_metrics`).
+    # `sync_scores`).
     sim = np.einsum("ntd,nsd->nts", emb["face_content"], emb["audio_content"])
     correct = (np.argmax(sim, axis=2) == np.arange(sim.shape[1])).mean(axis=1)  # (N,)
     ids = np.unique(ident)
@@ -390,89 +302,6 @@ def trial_errors(emb: dict[str, np.ndarray], win: Windows, seed: int = 0,
     return out
 
 
-def fit_mlp_probe(x: np.ndarray, y: np.ndarray, num_classes: int, hidden: int = 64,
-                  l2: float = 1e-3, max_iter: int = 300, seed: int = 0):
-    """One-hidden-layer MLP probe (ReLU, softmax), L-BFGS on standardised features with L2
-    weight decay; returns a function x -> (n, num_classes) logits."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    xs = (x - mean) / std
-    n, d = xs.shape
-    onehot = np.eye(num_classes)[y]
-    shapes = [(d, hidden), (hidden,), (hidden, num_classes), (num_classes,)]
-    sizes = [int(np.prod(sh)) for sh in shapes]
-
-    def unpack(theta):
-        parts, k = [], 0
-        for sh, sz in zip(shapes, sizes):
-            parts.append(theta[k:k + sz].reshape(sh))
-            k += sz
-        return parts
-
-    def loss_grad(theta):
-        w1, b1, w2, b2 = unpack(theta)
-        pre = xs @ w1 + b1
-        h = np.maximum(pre, 0.0)
-        z = h @ w2 + b2
-        z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(1, keepdims=True)
-        loss = (-np.mean(np.sum(onehot * np.log(p + 1e-12), 1))
-                + 0.5 * l2 * (np.sum(w1 * w1) + np.sum(w2 * w2)))
-        g = (p - onehot) / n  # (n, C)
-        gh = (g @ w2.T) * (pre > 0)  # (n, H)
-        grads = [xs.T @ gh + l2 * w1, gh.sum(0), h.T @ g + l2 * w2, g.sum(0)]
-        return loss, np.concatenate([gr.ravel() for gr in grads])
-
-    rng = np.random.default_rng(seed)
-    theta0 = np.concatenate([rng.normal(0, np.sqrt(2.0 / d), size=sizes[0]), np.zeros(hidden),
-                             rng.normal(0, np.sqrt(1.0 / hidden), size=sizes[2]),
-                             np.zeros(num_classes)])
-    res = optimize.minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
-                            options={"maxiter": max_iter})
-    w1, b1, w2, b2 = unpack(res.x)
-    return lambda x_: np.maximum(((x_ - mean) / std) @ w1 + b1, 0.0) @ w2 + b2
-
-
-def mlp_probe_accuracy(x_tr, y_tr, x_te, y_te, num_classes: int) -> float:
-    logits = fit_mlp_probe(x_tr, y_tr, num_classes)(x_te)
-    return float(np.mean(np.argmax(logits, axis=1) == y_te))
-
-
-def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-3,
-              max_iter: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Multinomial logistic regression (L-BFGS) on standardised features.
-
-    Returns (W, b, (mean, std)) so that logits = ((x - mean) / std) @ W + b.
-    """
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    xs = (x - mean) / std
-    n, d = xs.shape
-    onehot = np.eye(num_classes)[y]
-
-    def loss_grad(theta):
-        w = theta[:d * num_classes].reshape(d, num_classes)
-        b = theta[d * num_classes:]
-        z = xs @ w + b
-        z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(1, keepdims=True)
-        loss = -np.mean(np.sum(onehot * np.log(p + 1e-12), 1)) + 0.5 * l2 * np.sum(w * w)
-        g = (p - onehot) / n
-        return loss, np.concatenate([(xs.T @ g + l2 * w).ravel(), g.sum(0)])
-
-    theta0 = np.zeros(d * num_classes + num_classes)
-    res = optimize.minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
-                            options={"maxiter": max_iter})
-    w = res.x[:d * num_classes].reshape(d, num_classes)
-    return w, res.x[d * num_classes:], np.stack([mean, std])
-
-
-def probe_accuracy(x_tr, y_tr, x_te, y_te, num_classes: int) -> float:
-    w, b, (mean, std) = fit_probe(x_tr, y_tr, num_classes)
-    pred = np.argmax(((x_te - mean) / std) @ w + b, axis=1)
-    return float(np.mean(pred == y_te))
-
-
 def step_units(win: Windows, num_steps: int, stride: int) -> np.ndarray:
     """(N, T') content unit of each step's centre frame: step j covers frames
     [stride*j, stride*j + 4] of the window, centre stride*j + 2."""
@@ -490,7 +319,7 @@ def probe_metrics(emb_tr: dict, win_tr: Windows, emb_te: dict, win_te: Windows,
     out = {}
     for key in ("audio_identity", "audio_content", "face_identity", "face_content"):
         d = emb_tr[key].shape[-1]
-        out[f"content_probe_{key}"] = probe_accuracy(
+        out[f"content_probe_{key}"] = linear_probe_accuracy(
             emb_tr[key].reshape(-1, d), y_tr, emb_te[key].reshape(-1, d), y_te, num_units)
     # MLP probes on the two leakage directions and their references (same held-out splits).
     for key in ("audio_identity", "audio_content"):
@@ -506,8 +335,8 @@ def probe_metrics(emb_tr: dict, win_tr: Windows, emb_te: dict, win_te: Windows,
     test_mask = win_tr.track_index >= tracks_per_identity - probe_test_tracks
     num_ids = len(win_tr.identities)
     for key in ("audio_content", "audio_identity", "face_content", "face_identity"):
-        pooled = unit(emb_tr[key].mean(axis=1))
-        out[f"identity_probe_{key}"] = probe_accuracy(
+        pooled = windows.pooled(emb_tr[key])
+        out[f"identity_probe_{key}"] = linear_probe_accuracy(
             pooled[~test_mask], win_tr.identity[~test_mask], pooled[test_mask],
             win_tr.identity[test_mask], num_ids)
         if key in ("audio_content", "audio_identity"):
@@ -518,39 +347,28 @@ def probe_metrics(emb_tr: dict, win_tr: Windows, emb_te: dict, win_te: Windows,
     return out
 
 
-def _single_thread_blas():
-    """Context limiting numpy's BLAS to one thread (threadpoolctl, if installed): the probes'
-    small matrix products ran ~70x slower with BLAS threads fighting TensorFlow's and other
-    jobs' for 2 shared cores (MLP probe on 1,056 x 32 features: 32 s vs 0.5 s, measured)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def evaluate(model: DisentangleModel, win_tr: Windows, win_te: Windows, preset: Preset,
              recalibration: tf.data.Dataset | None) -> dict[str, float]:
     """All metrics; with `recalibration`, first with the trained moving BN statistics (raw)
     for sync and SV EER, then after `av_disentangle.batchnorm.reestimate_batchnorm` (precise
     BN) for everything."""
     raw = {}
-    functions = stream_functions(model)  # traced once; they read the BN variables at run time
+    embedder = WindowEmbedder(model)  # traced once; copies the weights at every embed
     if recalibration is not None:
-        emb_te = embed(model, win_te, functions=functions)
-        raw = {"sync_top1_raw_bn": sync_metrics(emb_te, preset.offset_steps)["sync_top1"],
-               "sv_eer_raw_bn": verification_eers(emb_te, win_te)["sv_eer"]}
+        emb_te = embedder.embed(win_te)
+        raw = {"sync_top1_raw_bn": sync_scores(emb_te, preset.offset_steps)["sync_top1"],
+               "sv_eer_raw_bn": verification_eers(crop_tables(embedder, win_te),
+                                                  win_te)["sv_eer"]}
         reestimate_batchnorm(model, recalibration, preset.recalibration_batches)
-    emb_te = embed(model, win_te, functions=functions)
-    emb_tr = embed(model, win_tr, functions=functions)
-    out = sync_metrics(emb_te, preset.offset_steps)
+    emb_te = embedder.embed(win_te)
+    emb_tr = embedder.embed(win_tr)
+    out = sync_scores(emb_te, preset.offset_steps)
     out.update(raw)
-    out["sync_top1_train_ids"] = sync_metrics(emb_tr, preset.offset_steps)["sync_top1"]
-    out.update(verification_eers(emb_te, win_te))
-    with _single_thread_blas():
-        out.update(trial_errors(emb_te, win_te))
+    out["sync_top1_train_ids"] = sync_scores(emb_tr, preset.offset_steps)["sync_top1"]
+    tables = crop_tables(embedder, win_te)
+    out.update(verification_eers(tables, win_te))
+    with single_thread_blas():
+        out.update(trial_errors(tables, emb_te, win_te))
         out.update(probe_metrics(emb_tr, win_tr, emb_te, win_te, preset.model.temporal_stride,
                                  preset.probe_test_tracks))
     return out
@@ -572,7 +390,7 @@ class Curve(keras.callbacks.Callback):
         self.step = 0
 
     def on_train_begin(self, logs=None):
-        self.functions = stream_functions(self.model)
+        self.embedder = WindowEmbedder(self.model)
         self.writer = tf.summary.create_file_writer(self.logdir)
         self._evaluate()
 
@@ -585,9 +403,9 @@ class Curve(keras.callbacks.Callback):
         self.writer.close()
 
     def _evaluate(self) -> None:
-        emb = embed(self.model, self.win, functions=self.functions)
-        sync = sync_metrics(emb, self.max_shift)["sync_top1"]
-        sv = verification_eers(emb, self.win)["sv_eer"]
+        emb = self.embedder.embed(self.win)
+        sync = sync_scores(emb, self.max_shift)["sync_top1"]
+        sv = verification_eers(crop_tables(self.embedder, self.win), self.win)["sv_eer"]
         self.points.append((self.step, sync, sv))
         with self.writer.as_default():
             tf.summary.scalar("curve/sync_top1", sync, step=self.step)
@@ -722,21 +540,8 @@ def load_real_windows(shards: list[str], window: int, labels: dict[str, str],
     tracks = [t for shard in shards for t in records.read_tracks(shard)]
     rel = {id(t): os.path.relpath(t["source_path"].decode(), SAMPLES) for t in tracks}
     tracks = sorted((t for t in tracks if keep(rel[id(t)])), key=lambda t: rel[id(t)])
-    identities = sorted({labels.get(rel[id(t)], rel[id(t)]) for t in tracks})
-    cols = {k: [] for k in ("frames", "audio", "track", "identity", "track_index", "start",
-                            "units")}
-    for i, t in enumerate(tracks):
-        for start, frames, audio in fixed_windows(t["frames"], t["audio"], window):
-            cols["frames"].append(frames)
-            cols["audio"].append(audio)
-            cols["track"].append(i)
-            cols["identity"].append(identities.index(labels.get(rel[id(t)], rel[id(t)])))
-            cols["track_index"].append(0)
-            cols["start"].append(start)
-            cols["units"].append(np.full(window, -1))
-    arrays = {k: np.stack(v) if k in ("frames", "audio", "units") else np.asarray(v)
-              for k, v in cols.items()}
-    return Windows(track_ids=[rel[id(t)] for t in tracks], identities=identities, **arrays)
+    names = [rel[id(t)] for t in tracks]
+    return track_windows(tracks, window, names, [labels.get(n, n) for n in names])
 
 
 def run_real(configs: dict[str, LossConfig], steps: int, seed: int) -> int:
@@ -764,9 +569,9 @@ def run_real(configs: dict[str, LossConfig], steps: int, seed: int) -> int:
             model = DisentangleModel(preset.model, LossConfig(disentangle="none"))
         else:
             model, info = train(name, loss_config, preset, glob, seed, steps)
-        emb_all, emb_grid = embed(model, win_all), embed(model, win_grid)
-        metrics = sync_metrics(emb_all, preset.offset_steps)
-        metrics.update(verification_eers(emb_grid, win_grid))
+        embedder = WindowEmbedder(model)
+        metrics = sync_scores(embedder.embed(win_all), preset.offset_steps)
+        metrics.update(verification_eers(crop_tables(embedder, win_grid), win_grid))
         rows.append((name, metrics, info))
     print(f"\nreal bundled data: {len(win_all.track_ids)} clips, window {preset.window_frames} "
           f"frames (T'={rows[0][1]['num_steps']}), {steps} steps, seed {seed}; SV/F-V EER over "

@@ -25,7 +25,7 @@ The paper's limited-label comparison on the synthetic talking-heads world
    The budgets of one seed are nested (the tracks of budget 1 are among those of budget 2...)
    and all arms of one seed and budget see the same labelled tracks.
 4. Speaker verification EER on the held-out identities exactly as `benchmarks/learning.py`
-   scores it (`learning.embed` + `learning.verification_eers`): the audio identity embedding
+   scores it (`evaluation.windows.WindowEmbedder` + `learning.verification_eers`): the audio identity embedding
    of 1 s windows, time-pooled and L2-normalised, averaged per track; all track pairs; the
    moving BatchNorm statistics the training left (what the export uses). Reference rows,
    scored the same way: the scratch arm's initial (untrained) weights, and the
@@ -54,6 +54,7 @@ import keras  # noqa: E402
 
 from av_disentangle import checkpoints, files  # noqa: E402
 from av_disentangle.config import LossConfig, to_dict  # noqa: E402
+from av_disentangle.evaluation.windows import Windows, WindowEmbedder  # noqa: E402
 from av_disentangle.supervised import SpeakerClassifier, build_supervised_model  # noqa: E402
 from av_disentangle.supervised_config import SupervisedConfig  # noqa: E402
 from benchmarks import learning  # noqa: E402  (world, pretraining, SV EER)
@@ -105,25 +106,11 @@ UNTRAINED = "untrained (random init, 0 labels)"
 
 # === Pieces ===
 
-def subset_windows(win: learning.Windows, keep: set[str]) -> learning.Windows:
-    """The windows of the identities in `keep`, with track / identity indices renumbered."""
-    identities = sorted(keep & set(win.identities))
-    names = np.asarray(win.identities)[win.identity]
-    mask = np.isin(names, identities)
-    tracks = sorted(set(win.track[mask].tolist()))
-    track_map = {t: i for i, t in enumerate(tracks)}
-    return learning.Windows(
-        frames=win.frames[mask], audio=win.audio[mask],
-        track=np.array([track_map[t] for t in win.track[mask]]),
-        identity=np.array([identities.index(n) for n in names[mask]]),
-        track_index=win.track_index[mask], start=win.start[mask], units=win.units[mask],
-        track_ids=[win.track_ids[t] for t in tracks], identities=identities)
-
-
-def sv_eer(model, win: learning.Windows) -> float:
+def sv_eer(model, win: Windows) -> float:
     """Held-out SV EER of the audio identity embedding (`learning.verification_eers`).
     `model` is a DisentangleModel or a SpeakerClassifier: both have the two streams."""
-    return learning.verification_eers(learning.embed(model, win), win)["sv_eer"]
+    return learning.verification_eers(learning.crop_tables(WindowEmbedder(model), win),
+                                      win)["sv_eer"]
 
 
 def pretrain(setting: Setting, train_glob: str, seed: int, run_dir: str):
@@ -263,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                                        num_speakers=setting.labelled_identities, seed=seed)
             if speakers is None:
                 speakers = data.selection.speakers
-                heldout = subset_windows(win_test, set(win_test.identities) - set(speakers))
+                heldout = win_test.subset(set(win_test.identities) - set(speakers))
                 eer0 = sv_eer(model, heldout)
                 record(None, SELF_SUPERVISED, eer0, {"train_seconds": info["train_seconds"],
                                                      "steps": info["steps"]})

@@ -23,12 +23,13 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    speakers (every track of every training speaker; `limited_labels.train_supervised`, the
    few-labels recipe: AAM softmax, Adam 1e-3) with 2 x `batch_tracks` random 1 s crops per
    step, the audio a self-supervised step puts through the audio stream (`supervised_setting`).
-3. Speaker verification of the audio identity embedding (`learning.embed`, 1 s windows,
-   time-pooled, L2-normalised, averaged per track; cosine scores) on
+3. Speaker verification of the audio identity embedding (`evaluation.windows`: the streams
+   in float32 as exported, 1 s windows, time-pooled, L2-normalised, averaged per track; cosine
+   scores through `evaluation.scoring.score_pairs`, evaluate.py's scorer) on
    (a) the held-out speakers: all track pairs (a target pair is two tracks of one speaker;
        with one utterance per speaker these are different parts of one utterance);
    (b) the eval world: cross-utterance pairs only (tracks of one utterance are not compared).
-   EER and minDCF (p_target 0.05) from `av_disentangle.verification_metrics`, after the
+   EER and minDCF (p_target 0.05), after the
    precise-BN re-estimation on training batches that `benchmarks/learning.py` applies
    (`reestimate_batchnorm`, `preset.recalibration_batches`); the held-out EER with the moving
    statistics training left is reported too. Rows without learning: the free baselines of
@@ -73,10 +74,12 @@ from av_disentangle.config import LossConfig  # noqa: E402
 from av_disentangle.constants import VIDEO_FPS  # noqa: E402
 from av_disentangle.errors import UserError, run_cli  # noqa: E402
 from av_disentangle.model import DisentangleModel  # noqa: E402
-from av_disentangle.verification_metrics import compute_eer, compute_min_dcf  # noqa: E402
+from av_disentangle.evaluation.windows import (Windows, WindowEmbedder,  # noqa: E402
+                                               baseline_track_tables, track_trials,
+                                               track_windows, verify_tables)
 from benchmarks import learning, limited_labels  # noqa: E402
 from pipelines import records, shards, voices  # noqa: E402
-from pipelines.input import InputConfig, fixed_windows, make_dataset  # noqa: E402
+from pipelines.input import InputConfig, make_dataset  # noqa: E402
 from pipelines.labelled import load_labelled_audio  # noqa: E402
 
 SHARED_VOICES = learning.REPO.parent / "shared" / "data" / "librispeech_train_clean_100_sel"
@@ -144,65 +147,45 @@ def build_world(voices_dir: str, out_dir: str, config: voices.VoicesConfig) -> d
 class VoiceWindows:
     """Evaluation windows of a voices world and, per track, its speaker and utterance."""
 
-    windows: learning.Windows
+    windows: Windows
     utterances: list[str]  # per track
 
 
 def load_voice_windows(directory: str, window: int) -> VoiceWindows:
-    """Non-overlapping windows from frame 0 of every track (`fixed_windows`), sorted by id."""
+    """Non-overlapping windows from frame 0 of every track (`evaluation.windows.track_windows`),
+    sorted by id."""
     manifest = voices.load_manifest(directory)
     by_id = {t["track_id"]: t for t in manifest["tracks"]}
     tracks = [t for name in manifest["shards"]
               for t in records.read_tracks(os.path.join(directory, name))]
     tracks.sort(key=lambda t: t["track_id"].decode())
-    identities = sorted({t["identity"].decode() for t in tracks})
-    cols = {k: [] for k in ("frames", "audio", "track", "identity", "track_index", "start",
-                            "units")}
-    track_ids, utterances = [], []
-    for i, t in enumerate(tracks):
-        tid = t["track_id"].decode()
-        track_ids.append(tid)
-        utterances.append(by_id[tid]["utterance"])
-        for start, frames, audio in fixed_windows(t["frames"], t["audio"], window):
-            cols["frames"].append(frames)
-            cols["audio"].append(audio)
-            cols["track"].append(i)
-            cols["identity"].append(identities.index(t["identity"].decode()))
-            cols["track_index"].append(0)
-            cols["start"].append(start)
-            cols["units"].append(np.full(window, -1))
-    arrays = {k: np.stack(v) if k in ("frames", "audio", "units") else np.asarray(v)
-              for k, v in cols.items()}
-    return VoiceWindows(learning.Windows(track_ids=track_ids, identities=identities, **arrays),
-                        utterances)
+    ids = [t["track_id"].decode() for t in tracks]
+    return VoiceWindows(track_windows(tracks, window, ids,
+                                      [t["identity"].decode() for t in tracks]),
+                        [by_id[i]["utterance"] for i in ids])
 
 
 # === Metrics ===
 
-def speaker_verification(emb: dict[str, np.ndarray], data: VoiceWindows,
+def speaker_verification(embedder: WindowEmbedder, data: VoiceWindows,
                          cross_utterance: bool) -> dict[str, float]:
-    """EER and minDCF of the audio identity embedding over track pairs (cosine)."""
-    voice = learning.track_embeddings(emb["audio_identity"], data.windows)
-    return track_verification(voice, data, cross_utterance)
+    """EER and minDCF of the audio identity embedding over track pairs: per track
+    `learning.EVAL_CROPS` crops of one window (`WindowEmbedder.crop_tables`, evaluate.py's
+    crops and pooling), the mean cosine over crop pairs."""
+    tables = embedder.crop_tables(data.windows, learning.EVAL_CROPS)
+    return track_verification(tables["audio_identity"], data, cross_utterance)
 
 
 def track_verification(voice: np.ndarray, data: VoiceWindows,
                        cross_utterance: bool) -> dict[str, float]:
-    """EER and minDCF of (num_tracks, D) unit track embeddings over track pairs (cosine);
-    `cross_utterance`: only pairs of tracks from different utterances."""
-    speaker = learning.track_identity(data.windows)
-    utt = np.asarray(data.utterances)
-    i, j = np.triu_indices(len(speaker), k=1)
-    if cross_utterance:
-        keep = utt[i] != utt[j]
-        i, j = i[keep], j[keep]
-    scores = np.einsum("pd,pd->p", voice[i], voice[j])
-    labels = (speaker[i] == speaker[j]).astype(np.int64)
-    if labels.sum() == 0 or labels.sum() == len(labels):
-        raise ValueError("verification needs target and non-target pairs")
-    return {"eer": float(compute_eer(scores, labels)[0]),
-            "min_dcf": float(compute_min_dcf(scores, labels, P_TARGET)[0]),
-            "trials": int(len(labels)), "targets": int(labels.sum())}
+    """EER and minDCF (p_target `P_TARGET`) of (num_tracks, [N,] D) track embeddings over track
+    pairs (`evaluation.windows.verify_tables`, cosine); `cross_utterance`: only pairs of
+    tracks from different utterances."""
+    trials = track_trials(data.windows.track_identity(),
+                          exclude_same=np.asarray(data.utterances) if cross_utterance else None)
+    out = verify_tables(voice, voice, trials, "speaker-verification trials")
+    return {"eer": out["eer"], "min_dcf": out[f"min_dcf_{P_TARGET}"], "trials": out["trials"],
+            "targets": out["targets"]}
 
 
 # === Rows ===
@@ -226,17 +209,14 @@ def evaluate_row(model, heldout: VoiceWindows, evalw: VoiceWindows, train_glob: 
     precise BN on training batches (as `benchmarks/learning.py`), held-out and eval EER and
     minDCF."""
     t0 = time.time()
-    fns = learning.stream_functions(model)
-    raw = speaker_verification(learning.embed(model, heldout.windows, functions=fns),
-                               heldout, cross_utterance=False)
+    embedder = WindowEmbedder(model)
+    raw = speaker_verification(embedder, heldout, cross_utterance=False)
     if preset.recalibration_batches:
         reestimate_batchnorm(model, make_dataset(InputConfig(
             train_glob, batch_tracks=preset.batch_tracks, window_frames=preset.window_frames,
             face_size=preset.face_size, seed=seed + 1000)), preset.recalibration_batches)
-    held = speaker_verification(learning.embed(model, heldout.windows, functions=fns),
-                                heldout, cross_utterance=False)
-    ev = speaker_verification(learning.embed(model, evalw.windows, functions=fns), evalw,
-                              cross_utterance=True)
+    held = speaker_verification(embedder, heldout, cross_utterance=False)
+    ev = speaker_verification(embedder, evalw, cross_utterance=True)
     return {"heldout_eer": held["eer"], "heldout_min_dcf": held["min_dcf"],
             "heldout_eer_raw_bn": raw["eer"], "eval_eer": ev["eer"],
             "eval_min_dcf": ev["min_dcf"], "heldout_trials": held["trials"],
@@ -245,11 +225,11 @@ def evaluate_row(model, heldout: VoiceWindows, evalw: VoiceWindows, train_glob: 
 
 
 def baseline_runs(heldout: VoiceWindows, evalw: VoiceWindows) -> dict[str, list[dict]]:
-    """The free baselines (`learning.baseline_track_tables`: `evaluate.py --baseline`'s
+    """The free baselines (`evaluation.windows.baseline_track_tables`: `evaluate.py --baseline`'s
     functions on each track's audio) scored on the same trials as every row; one
     deterministic run per `BASELINE_ROWS` row."""
-    held_tables = learning.baseline_track_tables(heldout.windows)
-    eval_tables = learning.baseline_track_tables(evalw.windows)
+    held_tables = baseline_track_tables(heldout.windows)
+    eval_tables = baseline_track_tables(evalw.windows)
     rows = {}
     for name, kind in BASELINE_ROWS.items():
         held = track_verification(held_tables[kind], heldout, cross_utterance=False)

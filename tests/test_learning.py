@@ -133,20 +133,6 @@ def test_content_identity_correlation_world():
     assert mi_0 < mi_5 < mi_9, (mi_0, mi_5, mi_9)
 
 
-def test_mlp_probe_reads_what_a_linear_probe_cannot():
-    """XOR of two features: a linear probe is at chance on held-out points, the one-hidden-
-    layer MLP probe of benchmarks/learning.py is not (it measures non-linear information)."""
-    from benchmarks import learning
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(1200, 4))
-    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(np.int64)
-    linear = learning.probe_accuracy(x[:800], y[:800], x[800:], y[800:], 2)
-    mlp = learning.mlp_probe_accuracy(x[:800], y[:800], x[800:], y[800:], 2)
-    assert linear < 0.65, linear
-    assert mlp > 0.9, mlp
-
-
 def test_paired_difference_marks_only_effects_beyond_spread():
     """A shift larger than the seed-to-seed spread is marked, noise alone and a shift within
     the trial-sampling error are not; the interval uses Student's t over paired runs."""

@@ -8,6 +8,8 @@ module per concept:
 - `scoring`: pair scoring with the Keras pair-scoring model and its streaming EER/minDCF.
 - `verification`: speaker verification (audio decoding, crops, embedding, `run_verification`).
 - `baselines`: free label-free verification baselines (MFCC mean+std, long-term spectrum).
+- `windows`: a Keras model evaluated in memory on track windows and crops with the same
+  crops, pooling and scorer as the export (the benchmarks' path); `probes`: linear / MLP probes.
 - `video`: face clips read exactly as `pipelines.prepare` reads them (`load_face_clip`).
 - `sync`, `crossmodal`: the audio-visual sync and face-voice identity protocols.
 - `plots`: DET curve and figure writing; `reports`: TensorBoard, projector, score files.

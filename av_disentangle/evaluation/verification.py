@@ -114,8 +114,14 @@ def crop_waveform(wav: np.ndarray, num_crops: int, crop_samples: int) -> np.ndar
         raise ValueError("empty waveform")
     if wav.shape[0] < crop_samples:
         wav = np.tile(wav, int(np.ceil(crop_samples / wav.shape[0])))[:crop_samples]
-    starts = np.linspace(0, wav.shape[0] - crop_samples, num_crops).astype(np.int64)
+    starts = crop_starts(wav.shape[0], num_crops, crop_samples)
     return np.stack([wav[s:s + crop_samples] for s in starts]).astype(np.float32)
+
+
+def crop_starts(length: int, num_crops: int, crop: int) -> np.ndarray:
+    """(num_crops,) int64 starts of evenly spaced crops of `crop` items in `length` >= `crop`
+    (first at 0, last ending at the end; repeats when the crops outnumber the positions)."""
+    return np.linspace(0, length - crop, num_crops).astype(np.int64)
 
 
 def embed_in_batches(model: ExportedModel, crops: Iterable[np.ndarray], batch_size: int
