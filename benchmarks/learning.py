@@ -19,16 +19,19 @@ Usage:
    synthetic worlds; with `--correlations` the TRAINING world's content is correlated with
    identity (`SyntheticConfig.content_identity_correlation`: each identity speaks mostly its
    own subset of units) while the held-out world stays uncorrelated ("novel combinations").
-3. Evaluates with the streams directly (training=False) on deterministic windows:
+3. Evaluates through `av_disentangle.evaluation.windows` (the streams rebuilt in float32 as
+   the export serves them, training=False) on deterministic windows and crops:
    * sync top-1: within a held-out window, face content step t must pick audio content step t
      among the window's T' steps (chance 1/T'); and an offset search: the diagonal shift
      d in [-D, D] steps (2 frames each) of the mean face/audio content cosine must be 0
      (chance 1/(2D+1));
-   * SV EER: audio identity embedding per track (time-mean of the audio identity head per
-     window, L2-normalised; score = mean cosine over window pairs), all pairs of held-out
+   * SV EER: per track `EVAL_CROPS` (10) evenly spaced crops of one window (evaluate.py's
+     `crop_waveform`), the audio identity head time-pooled per crop as the export pools it;
+     score = mean cosine over crop pairs (evaluate.py's `score_pairs`), all pairs of held-out
      tracks, target = same identity;
-   * cross-modal EER: face identity embedding of track a vs voice identity embedding of track
-     b != a (so different windows and videos), all ordered pairs, target = same identity;
+   * cross-modal EER: face identity embedding (the same crops of the frames) of track a vs
+     voice identity embedding of track b != a (so different videos), all ordered pairs,
+     target = same identity;
    * trial-sampling error of SV EER, F-V EER and sync@1: standard error over 200 bootstrap
      resamples of the held-out IDENTITIES (all their tracks and trials come along), plus the
      binomial standard error at the SV EER from the numbers of target / non-target trials;

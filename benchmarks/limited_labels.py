@@ -25,8 +25,9 @@ The paper's limited-label comparison on the synthetic talking-heads world
    The budgets of one seed are nested (the tracks of budget 1 are among those of budget 2...)
    and all arms of one seed and budget see the same labelled tracks.
 4. Speaker verification EER on the held-out identities exactly as `benchmarks/learning.py`
-   scores it (`evaluation.windows.WindowEmbedder` + `learning.verification_eers`): the audio identity embedding
-   of 1 s windows, time-pooled and L2-normalised, averaged per track; all track pairs; the
+   scores it (`learning.crop_tables` + `learning.verification_eers`: the streams in float32 as
+   exported, 10 evenly spaced 1 s crops per track of the audio identity embedding, time-pooled,
+   the mean cosine over crop pairs through evaluate.py's `score_pairs`); all track pairs; the
    moving BatchNorm statistics the training left (what the export uses). Reference rows,
    scored the same way: the scratch arm's initial (untrained) weights, and the
    self-supervised model alone (no labels).

@@ -24,8 +24,9 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    few-labels recipe: AAM softmax, Adam 1e-3) with 2 x `batch_tracks` random 1 s crops per
    step, the audio a self-supervised step puts through the audio stream (`supervised_setting`).
 3. Speaker verification of the audio identity embedding (`evaluation.windows`: the streams
-   in float32 as exported, 1 s windows, time-pooled, L2-normalised, averaged per track; cosine
-   scores through `evaluation.scoring.score_pairs`, evaluate.py's scorer) on
+   in float32 as exported, per track 10 evenly spaced 1 s crops, each time-pooled as the
+   export pools it; the mean cosine over crop pairs through `evaluation.scoring.score_pairs`,
+   evaluate.py's scorer) on
    (a) the held-out speakers: all track pairs (a target pair is two tracks of one speaker;
        with one utterance per speaker these are different parts of one utterance);
    (b) the eval world: cross-utterance pairs only (tracks of one utterance are not compared).
@@ -172,7 +173,7 @@ def speaker_verification(embedder: WindowEmbedder, data: VoiceWindows,
     """EER and minDCF of the audio identity embedding over track pairs: per track
     `learning.EVAL_CROPS` crops of one window (`WindowEmbedder.crop_tables`, evaluate.py's
     crops and pooling), the mean cosine over crop pairs."""
-    tables = embedder.crop_tables(data.windows, learning.EVAL_CROPS)
+    tables = embedder.crop_tables(data.windows, learning.EVAL_CROPS, faces=False)
     return track_verification(tables["audio_identity"], data, cross_utterance)
 
 

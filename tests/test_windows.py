@@ -85,6 +85,10 @@ def test_track_scores_are_evaluate_py_scores_of_the_float32_export(bf16_model, t
     tables = WindowEmbedder(bf16_model).crop_tables(win, num_crops, crop)
     assert {k: v.shape for k, v in tables.items()} == {
         k: (6, num_crops, 16) for k in ("face_identity", "audio_identity", "audio_content")}
+    audio_only = WindowEmbedder(bf16_model).crop_tables(win, num_crops, crop, faces=False)
+    assert sorted(audio_only) == ["audio_content", "audio_identity"]
+    for key, table in audio_only.items():
+        np.testing.assert_array_equal(table, tables[key])
 
     path = export_saved_model(bf16_model.face_stream, bf16_model.audio_stream,
                               bf16_model.model_config, str(tmp_path / "m" / "1"))

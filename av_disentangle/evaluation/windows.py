@@ -148,22 +148,24 @@ class WindowEmbedder:
             out["audio_identity"].append(a[IDENTITY].numpy())
         return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
 
-    def crop_tables(self, win: Windows, num_crops: int = 10, crop_frames: int | None = None
-                    ) -> dict[str, np.ndarray]:
+    def crop_tables(self, win: Windows, num_crops: int = 10, crop_frames: int | None = None,
+                    faces: bool = True) -> dict[str, np.ndarray]:
         """Per track, `num_crops` evenly spaced crops of `crop_frames` frames (default: the
-        window) of its audio (`verification.crop_waveform`, as evaluate.py crops a file) and
-        of its frames (the same spacing), embedded and time-pooled as the export does:
-        {"face_identity", "audio_identity", "audio_content"}: (num_tracks, num_crops, D)
-        float32 (the audio content pooled like an identity: how much identity it carries)."""
+        window) of its audio (`verification.crop_waveform`, as evaluate.py crops a file) and,
+        with `faces`, of its frames (the same spacing), embedded and time-pooled as the export
+        does: {"audio_identity", "audio_content"[, "face_identity"]}: (num_tracks, num_crops,
+        D) float32 (the audio content pooled like an identity: how much identity it carries).
+        Without `faces` the face stream, the costlier one, does not run."""
         self._copy_weights()
         crop = crop_frames or win.frames.shape[1]
-        out: dict[str, list] = {k: [] for k in CROP_TABLES}
+        out: dict[str, list] = {k: [] for k in CROP_TABLES if faces or k != "face_identity"}
         for t in range(len(win.track_ids)):
             frames, audio = win.track_arrays(t)
-            starts = crop_starts(frames.shape[0], num_crops, crop)
-            f = self._face_fn(tf.constant(np.stack([frames[s:s + crop] for s in starts])))
+            if faces:
+                starts = crop_starts(frames.shape[0], num_crops, crop)
+                f = self._face_fn(tf.constant(np.stack([frames[s:s + crop] for s in starts])))
+                out["face_identity"].append(losses.time_pool(f[IDENTITY]).numpy())
             a = self._audio_fn(tf.constant(crop_waveform(audio, num_crops, crop * 640)))
-            out["face_identity"].append(losses.time_pool(f[IDENTITY]).numpy())
             out["audio_identity"].append(losses.time_pool(a[IDENTITY]).numpy())
             out["audio_content"].append(losses.time_pool(a[CONTENT]).numpy())
         return {k: np.stack(v).astype(np.float32) for k, v in out.items()}
