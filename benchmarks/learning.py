@@ -475,17 +475,43 @@ def trainer_settings(loss_config: LossConfig, preset: Preset, train_glob: str, s
     epochs and recipe: optimizer, learning rate, weight decay; the current Keras policy as
     `--mixed_precision`; no export), then the preset's model and the row's losses (configs
     `train.py` has no named size or flag set for)."""
-    policy = keras.mixed_precision.global_policy().name
-    precision = "none" if policy == "float32" else policy.replace("mixed_", "")
-    argv = ["--train_data", train_glob, "--model_dir", model_dir,
-            "--batch_tracks", str(preset.batch_tracks),
-            "--window_frames", str(preset.window_frames),
-            "--steps_per_epoch", str(preset.steps_per_epoch), "--epochs", str(epochs),
-            "--optimizer", preset.optimizer, "--learning_rate", str(preset.learning_rate),
-            "--weight_decay", str(preset.weight_decay), "--seed", str(seed),
-            "--mixed_precision", precision, "--no_export", "--verbose", "0"]
+    argv = ["--train_data", train_glob, "--window_frames", str(preset.window_frames),
+            *trainer_flags(model_dir, batch=preset.batch_tracks,
+                           steps_per_epoch=preset.steps_per_epoch, epochs=epochs,
+                           optimizer=preset.optimizer, learning_rate=preset.learning_rate,
+                           weight_decay=preset.weight_decay, seed=seed)]
     settings = resolve_settings(parse_flags(argv))
     return dataclasses.replace(settings, model=preset.model, loss=loss_config)
+
+
+def trainer_flags(model_dir: str, *, batch: int, steps_per_epoch: int, epochs: int,
+                  optimizer: str, learning_rate: float, weight_decay: float, seed: int
+                  ) -> list[str]:
+    """The `train.py` flags every benchmark run shares: its run directory, batch, epochs,
+    recipe and seed, the current Keras policy as `--mixed_precision`, no export, silent."""
+    policy = keras.mixed_precision.global_policy().name
+    precision = "none" if policy == "float32" else policy.replace("mixed_", "")
+    return ["--model_dir", model_dir, "--batch_tracks", str(batch),
+            "--steps_per_epoch", str(steps_per_epoch), "--epochs", str(epochs),
+            "--optimizer", optimizer, "--learning_rate", str(learning_rate),
+            "--weight_decay", str(weight_decay), "--seed", str(seed),
+            "--mixed_precision", precision, "--no_export", "--verbose", "0"]
+
+
+def run_trainer(settings: Settings, name: str, curve: "Curve | None" = None
+                ) -> tuple[keras.Model, dict[str, list[float]], float]:
+    """`run.train(settings)` in a fresh run directory (`settings.run.model_dir`, removed
+    afterwards). Returns (the trained model, the Keras logs of every epoch, wall seconds)."""
+    keep = _KeepModel()
+    try:
+        t0 = time.time()
+        run.train(settings, callbacks=[keep] + ([curve] if curve is not None else []))
+        wall = time.time() - t0
+    finally:
+        shutil.rmtree(settings.run.model_dir, ignore_errors=True)
+    if keep.trained is None:
+        raise RuntimeError(f"{name}: run.train returned without training")
+    return keep.trained, keep.history, wall
 
 
 def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, seed: int,
@@ -496,16 +522,9 @@ def train(name: str, loss_config: LossConfig, preset: Preset, train_glob: str, s
     afterwards; one `fit`, so the input pipeline runs on and every step sees new windows."""
     spe = preset.steps_per_epoch
     model_dir = tempfile.mkdtemp(prefix=f"learning_{_slug(name)}_{seed}_")
-    keep = _KeepModel()
-    try:
-        settings = trainer_settings(loss_config, preset, train_glob, seed, -(-steps // spe),
-                                    model_dir)
-        t0 = time.time()
-        run.train(settings, callbacks=[keep] + ([curve] if curve is not None else []))
-        wall = time.time() - t0
-    finally:
-        shutil.rmtree(model_dir, ignore_errors=True)
-    model, history = keep.trained, keep.history
+    settings = trainer_settings(loss_config, preset, train_glob, seed, -(-steps // spe),
+                                model_dir)
+    model, history, wall = run_trainer(settings, name, curve)
     done = len(history["loss"]) * spe
     info = {"steps": done, "train_seconds": wall, "history": history}
     if curve is not None:
@@ -1082,12 +1101,12 @@ def merge_payloads(payloads: list[dict]) -> dict:
             for row in table["rows"]:
                 runs = results.setdefault(corr, {}).setdefault(row["config"], [])
                 seen = {(r["seed"], r["data_seed"]) for r in runs}
-                for run in row["runs"]:
-                    if (run["seed"], run["data_seed"]) in seen:
+                for one in row["runs"]:
+                    if (one["seed"], one["data_seed"]) in seen:
                         raise ValueError(f"run of {row['config']!r} at correlation {corr:g}, "
-                                         f"seed {run['seed']}, world {run['data_seed']} "
+                                         f"seed {one['seed']}, world {one['data_seed']} "
                                          "appears twice")
-                    runs.append({k: v for k, v in _nan_for_none(run).items()})
+                    runs.append({k: v for k, v in _nan_for_none(one).items()})
                 timings.setdefault(corr, {}).setdefault(row["config"], []).extend(
                     row["training"])
     correlations = sorted(results)

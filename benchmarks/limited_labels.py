@@ -16,9 +16,10 @@ The paper's limited-label comparison on the synthetic talking-heads world
    `benchmarks.learning.train` on the unlabelled split, and saved as a run directory
    (config.json + checkpoints/epoch-001.weights.h5) that `--init_from` accepts.
 3. Per label budget (1, 2, 4 tracks per labelled identity, 0 = all) and per arm, a
-   `SpeakerClassifier` (`av_disentangle.supervised.build_supervised_model`, AAM softmax, 2 s
-   crops from `pipelines.labelled.make_labelled_dataset`) is trained for the same number of
-   Adam steps from the same seed:
+   `SpeakerClassifier` (AAM softmax, 2 s crops) is trained with train.py's trainer
+   (`run.train` with `--objective supervised --labelled_audio <test split>
+   --labels_per_speaker B --num_speakers L --label_seed SEED`) for the same number of Adam
+   steps from the same seed:
      scratch            random init;
      pretrained         `init_from` the pretrained run, everything but the content head trained;
      pretrained+frozen  the same with `freeze_trunk` (identity head + classifier trained).
@@ -56,11 +57,11 @@ import keras  # noqa: E402
 from av_disentangle import checkpoints, files  # noqa: E402
 from av_disentangle.config import LossConfig, to_dict  # noqa: E402
 from av_disentangle.evaluation.windows import Windows, WindowEmbedder  # noqa: E402
+from av_disentangle.flags import parse_flags, resolve_settings  # noqa: E402
 from av_disentangle.supervised import SpeakerClassifier, build_supervised_model  # noqa: E402
 from av_disentangle.supervised_config import SupervisedConfig  # noqa: E402
 from benchmarks import learning  # noqa: E402  (world, pretraining, SV EER)
-from pipelines.labelled import (LabelledAudio, load_labelled_audio,  # noqa: E402
-                                make_labelled_dataset)
+from pipelines.labelled import load_labelled_audio  # noqa: E402
 
 
 # === Settings ===
@@ -129,23 +130,36 @@ def pretrain(setting: Setting, train_glob: str, seed: int, run_dir: str):
     return model, info
 
 
-def train_supervised(setting: Setting, data: LabelledAudio, seed: int, init_from: str,
-                     freeze_trunk: bool) -> tuple[SpeakerClassifier, dict]:
-    """One supervised run (`build_supervised_model`), `setting.steps` rounded up to epochs."""
-    keras.utils.set_random_seed(seed)
-    config = SupervisedConfig(init_from=init_from, freeze_trunk=freeze_trunk,
-                              crop_seconds=setting.crop_seconds)
-    model = build_supervised_model(setting.world.model, config, data.num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(setting.learning_rate))
-    dataset = make_labelled_dataset(data, batch_size=setting.batch_size,
-                                    crop_seconds=setting.crop_seconds, seed=seed)
+def train_supervised(setting: Setting, labelled_glob: str, seed: int, init_from: str,
+                     freeze_trunk: bool, *, labels_per_speaker: int = 0, num_speakers: int = 0,
+                     label_seed: int = 0) -> tuple[SpeakerClassifier, dict]:
+    """One supervised run with `train.py --objective supervised`'s trainer (`run.train`: the
+    labelled audio of `labelled_glob` read and its label budget drawn by
+    `pipelines.labelled.load_labelled_audio(labels_per_speaker, num_speakers, label_seed)`,
+    the AAM classifier, `--init_from`, `--freeze_trunk`, the optimizer factory: Adam
+    `setting.learning_rate`, no weight decay), `setting.steps` rounded up to whole epochs;
+    the model is `setting.world.model`. Returns (the model, its training info)."""
     spe = setting.steps_per_epoch
-    t0 = time.time()
-    h = model.fit(dataset, steps_per_epoch=spe, epochs=-(-setting.steps // spe), verbose=0)
-    wall = time.time() - t0
-    return model, {"steps": len(h.history["loss"]) * spe, "train_seconds": wall,
-                   "loss": float(h.history["loss"][-1]),
-                   "accuracy": float(h.history["accuracy"][-1])}
+    model_dir = tempfile.mkdtemp(prefix=f"supervised_{seed}_")
+    argv = ["--objective", "supervised", "--labelled_audio", labelled_glob,
+            "--labels_per_speaker", str(labels_per_speaker), "--num_speakers",
+            str(num_speakers), "--label_seed", str(label_seed),
+            "--crop_seconds", str(setting.crop_seconds),
+            *learning.trainer_flags(model_dir, batch=setting.batch_size, steps_per_epoch=spe,
+                                    epochs=-(-setting.steps // spe), optimizer="adam",
+                                    learning_rate=setting.learning_rate, weight_decay=0.0,
+                                    seed=seed)]
+    if init_from:
+        argv += ["--init_from", init_from]
+    if freeze_trunk:
+        argv.append("--freeze_trunk")
+    settings = dataclasses.replace(resolve_settings(parse_flags(argv)),
+                                   model=setting.world.model)
+    model, history, wall = learning.run_trainer(settings, "supervised")
+    return model, {"steps": len(history["loss"]) * spe, "train_seconds": wall,
+                   "loss": float(history["loss"][-1]),
+                   "accuracy": float(history["accuracy"][-1]),
+                   "labelled_speakers": int(model.num_classes)}
 
 
 # === Report ===
@@ -266,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             assert data.selection.speakers == speakers, "label draws are not nested"
             for arm in ARMS:
                 init_from = "" if arm == SCRATCH else run_dir
-                sup, sinfo = train_supervised(setting, data, seed, init_from, arm == FROZEN)
+                sup, sinfo = train_supervised(setting, test_glob, seed, init_from, arm == FROZEN,
+                                              labels_per_speaker=budget,
+                                              num_speakers=setting.labelled_identities,
+                                              label_seed=seed)
                 eer = sv_eer(sup, heldout)
                 sinfo["utterances"] = len(data.selection.utterances)
                 record(budget, arm, eer, sinfo)

@@ -20,8 +20,9 @@ Usage (from the repository root: it imports `benchmarks.learning`):
    only, `identity` only, `joint` = both losses on a shared trunk, and joint + each
    disentanglement mode: `confusion`, `adversarial`, `grl`), and `supervised`: the labelled
    reference, a `SpeakerClassifier` trained with the speaker labels of the same training
-   speakers (every track of every training speaker; `limited_labels.train_supervised`, the
-   few-labels recipe: AAM softmax, Adam 1e-3) with 2 x `batch_tracks` random 1 s crops per
+   speakers (every track of every training speaker; `limited_labels.train_supervised`:
+   train.py's trainer with `--objective supervised`, the few-labels recipe: AAM softmax,
+   Adam 1e-3) with 2 x `batch_tracks` random 1 s crops per
    step, the audio a self-supervised step puts through the audio stream (`supervised_setting`).
 3. Speaker verification of the audio identity embedding (`evaluation.windows`: the streams
    in float32 as exported, per track 10 evenly spaced 1 s crops, each time-pooled as the
@@ -81,7 +82,6 @@ from av_disentangle.evaluation.windows import (Windows, WindowEmbedder,  # noqa:
 from benchmarks import learning, limited_labels  # noqa: E402
 from pipelines import records, shards, voices  # noqa: E402
 from pipelines.input import InputConfig, make_dataset  # noqa: E402
-from pipelines.labelled import load_labelled_audio  # noqa: E402
 
 SHARED_VOICES = learning.REPO.parent / "shared" / "data" / "librispeech_train_clean_100_sel"
 BUNDLED_VOICES = learning.REPO / "data" / "samples" / "librispeech_subset"
@@ -413,14 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     heldout = load_voice_windows(parts["holdout"], preset.window_frames)
     evalw = load_voice_windows(eval_parts["train"], preset.window_frames)
     train_glob = os.path.join(parts["train"], shards.SHARD_PATTERN)
-    labelled = None
-    if "supervised" in row_keys:  # every track of every training speaker, with its label
-        labelled = load_labelled_audio(train_glob)
     sup_setting = supervised_setting(preset, steps)
-    print(f"[data] train {parts['train']}"
-          + (f" ({labelled.num_classes} speakers, {len(labelled.waveforms)} tracks)"
-             if labelled else "")
-          + f"; held out: {len(heldout.windows.identities)} speakers, "
+    print(f"[data] train {parts['train']} ({sizes.train_speakers or 'all'} speakers)"
+          f"; held out: {len(heldout.windows.identities)} speakers, "
             f"{len(heldout.utterances)} tracks; eval: {len(evalw.windows.identities)} "
             f"speakers, {len(evalw.utterances)} tracks", flush=True)
 
@@ -454,11 +449,12 @@ def main(argv: list[str] | None = None) -> int:
             if key == "untrained":
                 model = DisentangleModel(preset.model, LossConfig(disentangle="none"))
             elif key == "supervised":
-                model, sinfo = limited_labels.train_supervised(sup_setting, labelled, seed,
+                # Every track of every training speaker, with its label.
+                model, sinfo = limited_labels.train_supervised(sup_setting, train_glob, seed,
                                                                init_from="", freeze_trunk=False)
                 info = {"steps": sinfo["steps"], "train_seconds": sinfo["train_seconds"],
                         "train_loss": sinfo["loss"], "train_accuracy": sinfo["accuracy"],
-                        "labelled_speakers": labelled.num_classes}
+                        "labelled_speakers": sinfo["labelled_speakers"]}
                 print(f"[train] {name}: {sinfo['steps']} steps in {sinfo['train_seconds']:.1f}"
                       f" s; last epoch loss {sinfo['loss']:.3f} accuracy "
                       f"{sinfo['accuracy']:.3f}", flush=True)
