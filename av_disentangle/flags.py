@@ -51,10 +51,12 @@ class RunConfig:
 
     recipe: str = field(
         "default", "a named set of defaults (config.RECIPES; written to config.json): "
-        "'reference' = joonson/syncnet_trainer as its code runs (syncnet_trainer model, 224 px, "
-        "stride 2, SGD 1e-4 momentum 0.9, weight decay 1e-5, x0.95 per 100,000 tracks, batch "
-        "30 x 50 frames); 'small_data' = Adam 3e-3 without weight decay, what learns in "
-        "CPU-sized budgets (BENCHMARKS.md); --config and explicit flags override it",
+        "'default' = Adam 3e-3 without weight decay, what learns in CPU-sized budgets "
+        "(BENCHMARKS.md, 'Recipes'; 'small_data' is the same); 'reference' = "
+        "joonson/syncnet_trainer as its code runs (syncnet_trainer model, 224 px, stride 2, SGD "
+        "1e-4 momentum 0.9, weight decay 1e-5, x0.95 per 100,000 tracks, batch 30 x 50 "
+        "frames); 'sgd' = the default before December 2026 (SGD 1e-3, momentum 0.9, weight "
+        "decay 1e-5: resumes runs it started); --config and explicit flags override it",
         choices=tuple(RECIPES))
     objective: str = field(
         "self_supervised", "self_supervised: the paper's face-voice training on --train_data; "

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from av_disentangle import checkpoints, compat, errors, files
-from av_disentangle.config import LEGACY_MODEL_VALUES, ModelConfig
+from av_disentangle.config import LEGACY_MODEL_VALUES, SGD_RECIPE, ModelConfig
 from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
 from av_disentangle.pretrained import check_init_from, load_streams
 from av_disentangle.training import (NonFiniteLoss, UsageError, choose_mixed_precision,
@@ -80,6 +80,17 @@ def trained_anything(model_dir: str) -> bool:
     return False
 
 
+def _earlier_default_hint(stored: dict, resolved: dict) -> str:
+    """' (--recipe sgd: ...)' when `stored` is a run of the SGD default train.py had before
+    December 2026 and `resolved` asks for another optimizer; else ''."""
+    old, new = stored.get("train") or {}, resolved.get("train") or {}
+    if old.get("optimizer") == new.get("optimizer") or any(
+            old.get(k) != v for k, v in SGD_RECIPE.items()):
+        return ""
+    return (" (it was started with train.py's earlier default, SGD 1e-3: `--recipe sgd` "
+            "resumes it; the default is now Adam 3e-3, README \"Recipes\")")
+
+
 def check_model_dir(model_dir: str, resolved: dict) -> None:
     """Before anything else is written: `model_dir` (local or remote) can be created, and a run
     already in it has the same model and loss configuration, unless it never trained a step
@@ -100,7 +111,8 @@ def check_model_dir(model_dir: str, resolved: dict) -> None:
             raise ValueError(
                 f"--model_dir {model_dir} holds a run with another configuration "
                 f"({config_path}): {'; '.join(diffs)}. Rerun with the stored values to resume "
-                "it, or pass a new --model_dir to start a new run")
+                f"it{_earlier_default_hint(stored, resolved)}, or pass a new --model_dir to "
+                "start a new run")
     try:
         tf.io.gfile.makedirs(model_dir)
     except tf.errors.OpError as e:

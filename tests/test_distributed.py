@@ -158,7 +158,8 @@ ONE_STEP_CHECK = textwrap.dedent("""
             model = DisentangleModel(ModelConfig.tiny(), LossConfig(
                 disentangle=mode, gather_negatives=True, symmetric_identity=True,
                 face_identity_pooling="mean"))
-            model.compile(optimizer=make_optimizer(TrainConfig(learning_rate=0.05)))
+            model.compile(optimizer=make_optimizer(
+                TrainConfig(optimizer="sgd", learning_rate=0.05)))
             model.optimizer.build(model.trainable_variables)
         before = [v.numpy() for v in model.trainable_variables]
         history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, steps_per_epoch=1,

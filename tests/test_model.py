@@ -299,7 +299,8 @@ def _one_step_update(policy: str, batch) -> tuple[dict, list[np.ndarray]]:
     try:
         keras.utils.set_random_seed(0)
         model = DisentangleModel(ModelConfig.tiny(), LossConfig())
-        model.compile(optimizer=make_optimizer(TrainConfig(learning_rate=0.05)))
+        model.compile(optimizer=make_optimizer(
+            TrainConfig(optimizer="sgd", learning_rate=0.05)))
         compat.build_optimizer(model)
         before = [v.numpy().astype(np.float32) for v in model.trainable_variables]
         logs = model.train_step(batch)
@@ -353,7 +354,8 @@ def test_a_float16_step_wraps_the_optimizer_in_loss_scaling_and_stays_finite():
     try:
         keras.utils.set_random_seed(0)
         model = DisentangleModel(ModelConfig.tiny(), LossConfig())
-        model.compile(optimizer=make_optimizer(TrainConfig(learning_rate=0.05)))
+        model.compile(optimizer=make_optimizer(
+            TrainConfig(optimizer="sgd", learning_rate=0.05)))
         compat.build_optimizer(model)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         before = [v.numpy().astype(np.float32) for v in model.trainable_variables]

@@ -3,7 +3,8 @@ epoch) and PyTorch-style (coupled) weight decay, against hand-computed numbers.
 
 Reference (github joonson/syncnet_trainer): SyncNetDist.py:33
 `torch.optim.SGD(self.parameters(), lr=learning_rate, momentum=0.9, weight_decay=1e-5)`;
-trainSyncNet.py:24,37-38,138 lr 1e-3 x0.95 after every epoch of 100,000 tracks (batch 30).
+trainSyncNet.py:24,38,138 x0.95 after every epoch of 100,000 tracks (batch 30; it runs lr 1e-4, see
+config.TrainConfig).
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ def test_learning_rate_decays_every_lr_decay_steps_whatever_the_epoch_length(ste
     optimizer.build([tf.Variable(0.0)])
     for step in (0, 1, 99, 100, 101, 250, 1000, 5000):
         optimizer.iterations.assign(step)
-        expected = 1e-3 * 0.95 ** math.floor(step / 100)
+        expected = config.learning_rate * 0.95 ** math.floor(step / 100)
         assert current_learning_rate(optimizer) == pytest.approx(expected, rel=1e-6), step
 
 
@@ -39,7 +40,8 @@ def test_default_schedule_is_the_reference_one():
         for step in (0, 3332, 3333, 6665, 6666):
             optimizer.iterations.assign(step)
             lrs.append(current_learning_rate(optimizer))
-        np.testing.assert_allclose(lrs, [1e-3, 1e-3, 0.95e-3, 0.95e-3, 0.95 ** 2 * 1e-3],
+        lr = TrainConfig().learning_rate
+        np.testing.assert_allclose(lrs, [lr, lr, 0.95 * lr, 0.95 * lr, 0.95 ** 2 * lr],
                                    rtol=1e-6)
 
 
@@ -51,7 +53,7 @@ def test_sgd_weight_decay_is_coupled_l2_as_in_pytorch():
       d2 = [0.50949, 0.07992, -0.26973]    buf2 = [0.96849, 0.15192, -0.51273]
       w2 = [0.8521510, -2.0231920, 3.0782730]
     Keras' own decoupled `weight_decay` gives w2 = [0.853051, -2.024992, 3.080973]."""
-    config = TrainConfig(learning_rate=0.1, weight_decay=0.01)
+    config = TrainConfig(optimizer="sgd", learning_rate=0.1, weight_decay=0.01)
     optimizer = make_optimizer(config)
     w = tf.Variable([1.0, -2.0, 3.0])
     g = tf.constant([0.5, 0.1, -0.3])
@@ -67,7 +69,8 @@ def test_weight_decay_reaches_every_trainable_variable():
     LossScale wI, bI, wC, bC are among those parameters). With a zero gradient one SGD step
     multiplies each by (1 - lr * wd); BN moving statistics (not trainable) are untouched."""
     model = DisentangleModel(ModelConfig.tiny(), LossConfig(disentangle="adversarial"))
-    optimizer = make_optimizer(TrainConfig(learning_rate=0.1, weight_decay=0.01))
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1,
+                                           weight_decay=0.01))
     variables = model.trainable_variables
     names = " ".join(v.path for v in variables)
     assert "gamma" in names and "beta" in names and "similarity/bias" in names
@@ -81,7 +84,8 @@ def test_weight_decay_reaches_every_trainable_variable():
 
 
 def test_weight_decay_zero_is_plain_sgd_and_flags_reach_the_config():
-    args = flags.parse_flags(["--lr_decay_steps", "1667", "--weight_decay", "0"])
+    args = flags.parse_flags(["--optimizer", "sgd", "--lr_decay_steps", "1667",
+                              "--weight_decay", "0"])
     _, _, config = flags.resolve_configs(args)
     assert config.lr_decay_steps == 1667 and config.weight_decay == 0.0
     optimizer = make_optimizer(dataclasses.replace(config, learning_rate=0.1))

@@ -118,6 +118,7 @@ def test_the_readme_reference_recipe_runs_the_references_learning_rate():
     settings = resolve_settings(build_parser().parse_args(_readme_command("--model_size reference")))
     assert settings.train.learning_rate == REFERENCE_LEARNING_RATE == 1e-4
     assert settings.train.batch_tracks == 30 and settings.train.window_frames == 50
+    assert settings.train.optimizer == "sgd" and settings.train.weight_decay == 1e-5
     with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read().replace("\\\n", " ")
     prepare = [line for line in readme.splitlines()

@@ -86,7 +86,7 @@ def test_quick_start_tensorboard_resume_kill_complete_and_config_check(random_sh
         assert _steps(scalars, "train", f"epoch_{key}") == [5], key
         assert _steps(scalars, "train", f"batch_{key}") == [5], key
     lr = scalars[("train", "epoch_learning_rate")][0][1]
-    assert lr == pytest.approx(1e-3, rel=1e-6)
+    assert lr == pytest.approx(flags.TrainConfig().learning_rate, rel=1e-6)
 
     config_before = (run / "config.json").read_bytes()
     other = run_script(quick + ["--model_size", "small"])
@@ -152,6 +152,29 @@ def test_resume_config_check_names_model_and_loss_keys_only():
     assert config_differences(stored, other) == [
         "model.face_size: 64 -> 32", 'loss.disentangle: "grl" -> "none"',
         'flags.mixed_precision: "none" -> "float16"']
+
+
+def test_a_run_started_with_the_earlier_sgd_default_is_refused_with_the_recipe_that_resumes_it(
+        tmp_path):
+    """Runs started before the default became Adam 3e-3 stored `train.optimizer: sgd`; resuming
+    one with today's default must say how to resume it (`--recipe sgd`), and that must work."""
+    from av_disentangle.run import check_model_dir
+
+    def resolved(*argv):
+        return flags.settings_record(flags.resolve_settings(flags.parse_flags(list(argv))))
+
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "model.weights.h5").write_bytes(b"trained")
+    old = resolved("--recipe", "sgd")
+    old["flags"]["recipe"] = "default"  # what an earlier version wrote for its SGD default
+    (run_dir / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError) as e:
+        check_model_dir(str(run_dir), resolved())
+    assert 'train.optimizer: "sgd" -> "adam"' in str(e.value)
+    assert "--recipe sgd" in str(e.value)
+    check_model_dir(str(run_dir), resolved("--recipe", "sgd"))  # resumes
+    check_model_dir(str(run_dir), resolved("--optimizer", "sgd"))
 
 
 def test_mixed_precision_auto_resolves_by_machine_and_keeps_a_resumed_runs_precision():
@@ -661,4 +684,9 @@ def test_recipe_reference_is_the_reference_schedule_and_model_and_flags_override
         batch_tracks=12)
     small = settings("--recipe", "small_data")
     assert small.train == TrainConfig(optimizer="adam", learning_rate=3e-3, weight_decay=0.0)
+    # The default recipe is what the evidence supports (BENCHMARKS.md, issue 26): Adam 3e-3.
+    assert default.train == small.train
+    old_default = settings("--recipe", "sgd")
+    assert old_default.train == TrainConfig(optimizer="sgd", learning_rate=1e-3,
+                                            weight_decay=1e-5)
     assert small.model == ModelConfig.small()
