@@ -230,6 +230,13 @@ def verification_eers(tables: dict[str, np.ndarray], win: Windows) -> dict[str, 
             "sv_targets": sv["targets"], "xmodal_trials": xm["trials"]}
 
 
+# Free label-free baselines (`evaluate.py --baseline`) as table rows: row name -> kind; each
+# is one deterministic run.
+BASELINE_ROWS: dict[str, str] = {"MFCC mean+std (no learning)": "mfcc",
+                                 "MFCC mean+std, z-scored": "mfcc_z",
+                                 "LTAS (no learning)": "ltas", "LTAS, z-scored": "ltas_z"}
+
+
 def baseline_sv_eers(win: Windows) -> dict[str, float]:
     """The free baselines' (`evaluation.windows.baseline_track_tables`) SV EER on the same
     trials as `verification_eers` (all pairs of tracks)."""

@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                 untrained = build_supervised_model(world.model, SupervisedConfig(),
                                                    data.num_classes)
                 record(None, UNTRAINED, sv_eer(untrained, heldout))
+                base = learning.baseline_sv_eers(heldout)  # the same held-out trials
+                for name, kind in learning.BASELINE_ROWS.items():
+                    record(None, name, base[kind])
                 print(f"[seed {seed}] labelled identities {list(speakers)}; held-out "
                       f"{heldout.identities} ({len(heldout.track_ids)} tracks); "
                       f"self-supervised SV EER {100 * eer0:.1f}%", flush=True)
@@ -292,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{sinfo['steps']} steps, {sinfo['train_seconds']:.1f} s)", flush=True)
 
     runs.cleanup()
-    rows = [results[(None, UNTRAINED)], results[(None, SELF_SUPERVISED)]]
+    rows = [results[(None, UNTRAINED)], *(results[(None, name)] for name in
+                                          learning.BASELINE_ROWS),
+            results[(None, SELF_SUPERVISED)]]
     for budget in setting.budgets:
         scratch = results[(budget, SCRATCH)]["eer"]
         for arm in ARMS:

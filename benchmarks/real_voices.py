@@ -90,11 +90,8 @@ P_TARGET = 0.05
 UNTRAINED = learning.UNTRAINED
 JOINT = learning.REFERENCE  # both losses on a shared trunk, disentangle="none"
 SUPERVISED = "supervised (speaker labels)"
+BASELINE_ROWS = learning.BASELINE_ROWS
 LTAS = "LTAS (no learning)"
-# Free label-free baselines (`evaluate.py --baseline`), each one deterministic run.
-BASELINE_ROWS: dict[str, str] = {"MFCC mean+std (no learning)": "mfcc",
-                                 "MFCC mean+std, z-scored": "mfcc_z", LTAS: "ltas",
-                                 "LTAS, z-scored": "ltas_z"}
 # --rows keys -> row names; the self-supervised rows are `learning.CONFIGS` (one definition).
 ROW_KEYS: dict[str, str] = {
     "untrained": UNTRAINED, "content": "content only", "identity": "identity only",
