@@ -78,7 +78,8 @@ def ls_trials(tmp_path_factory) -> Path:
 
 
 # Measured on all 1,225 pairs of the bundled LibriSpeech subset (5 speakers x 10 utterances,
-# 225 target): what `evaluate.py --baseline K` prints (README). The quick-start model: 28.00%.
+# 225 target): what `evaluate.py --baseline K` prints (README). The quick-start (5-step) model:
+# 31.80%; train.py's default recipe after 250 steps on 30 real voices: 12.8% (BENCHMARKS.md).
 MEASURED_EER = {"mfcc": 0.0770, "mfcc_z": 0.0178, "ltas": 0.1170, "ltas_z": 0.1156}
 
 
