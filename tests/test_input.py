@@ -82,7 +82,9 @@ def test_upsampling_stored_faces_is_refused_unless_asked(tmp_path):
 def test_chunked_tracks_give_one_record_per_pass_in_expectation(tmp_path):
     """The reference draws each track once per epoch; with chunks a long track must not be
     drawn once per chunk. 3 tracks of 1, 2 and 6 chunks: kept records per pass average 1 per
-    track (binomial spread over 400 passes), and the draw changes from pass to pass."""
+    track (binomial spread over 1,000 passes: SE of t2's mean 0.029, the 0.15 bound 5 SE; at
+    400 passes it was 3.3 SE, and the stream another test's tf.random.set_seed(0) leaves
+    behind gave 0.85), and the draw changes from pass to pass."""
     rng = np.random.default_rng(0)
     path = str(tmp_path / "chunks.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -93,21 +95,21 @@ def test_chunked_tracks_give_one_record_per_pass_in_expectation(tmp_path):
                     audio=np.zeros(12 * 640, np.int16), track_id=f"t{t}", video_id=f"v{t}",
                     chunk_index=c, num_chunks=chunks, chunk_start_frame=12 * c)))
 
-    def per_pass(all_chunks: bool):
+    def per_pass(all_chunks: bool, passes: int):
         config = InputConfig(path, batch_tracks=1, window_frames=10, face_size=8, seed=1,
                              distinct_videos=False, all_chunks_per_pass=all_chunks)
-        ds = record_batches(config).repeat(400).map(
+        ds = record_batches(config).repeat(passes).map(
             lambda b: tf.io.parse_single_example(b[0], {"track_id": tf.io.FixedLenFeature(
                 [], tf.string), "chunk_index": tf.io.FixedLenFeature([], tf.int64, default_value=0)}))
         return [(r["track_id"].numpy().decode(), int(r["chunk_index"])) for r in ds]
 
-    every = per_pass(True)
-    assert len(every) == 400 * 9
-    drawn = per_pass(False)
-    counts = {t: sum(1 for track, _ in drawn if track == t) / 400 for t in ("t0", "t1", "t2")}
+    every = per_pass(True, 50)
+    assert len(every) == 50 * 9
+    drawn = per_pass(False, 1000)
+    counts = {t: sum(1 for track, _ in drawn if track == t) / 1000 for t in ("t0", "t1", "t2")}
     assert counts["t0"] == 1.0  # a whole track is always kept
     for t in ("t1", "t2"):
-        assert abs(counts[t] - 1.0) < 0.15, counts  # binomial SE <= 0.05
+        assert abs(counts[t] - 1.0) < 0.15, counts  # binomial SE <= 0.029
     assert len({c for track, c in drawn if track == "t2"}) == 6  # every chunk gets its turn
 
 
