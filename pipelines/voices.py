@@ -24,14 +24,25 @@ associating each training speaker's voice with its face.
 
 Speakers: the folder holds `<spk>-<chap>-<utt>.<ext>` files anywhere below it (LibriSpeech's
 own `<spk>/<chap>/<spk>-<chap>-<utt>.flac`, a flat folder, or `<spk>/<spk>-<chap>-<utt>.flac`),
-or `<spk>/<chap>/<utt>.<ext>`. `holdout_speakers` speakers, drawn from the speaker list with the
-seed, are written to `OUTPUT/holdout` and never appear in `OUTPUT/train` (`num_speakers` of the
-rest, or all of them); without held-out speakers everything goes to `OUTPUT`.
+or `<spk>/<chap>/<utt>.<ext>`, or Speech Commands clips `<spk>/<word>_<spk>_nohash_<n>.<ext>`
+(`av_disentangle.corpora`); `--voices A,B` lists several folders as one. `holdout_speakers`
+speakers, drawn from the speaker list with the seed, are written to `OUTPUT/holdout` and never
+appear in `OUTPUT/train` (`num_speakers` of the rest, or all of them); without held-out speakers
+everything goes to `OUTPUT`.
+
+Tracks: a LibriSpeech utterance is cut into consecutive tracks. Speech Commands clips are one
+second long, so a speaker's clips are joined, whole, in an order seeded by `(seed, speaker)`,
+into tracks of at most `track_seconds` (one track holds several words of one person; a clip is
+never split across tracks). Each clip's mouth is driven by its own audio relative to its own
+loud frames, as an utterance's is. All tracks of a Speech Commands speaker share the video id
+`<spk>` (so two of them are never negatives of each other in one batch, as the tracks of one
+LibriSpeech utterance are not).
 
 Output: the ordinary TFRecord shards of `pipelines.records` (track identity = speaker id) and a
 `manifest.json` with the split, each speaker's face parameters and, per track, its speaker,
-utterance, source file and first frame in the utterance (speaker labels are for evaluation
-only; training reads the shards).
+utterance, source file and first frame in the utterance, and for a track of joined clips its
+`segments` (clip, source, frames) and `words` (speaker labels are for evaluation and the
+supervised rows; self-supervised training reads only the shards' audio and frames).
 
 Example:
     python -m pipelines.synthetic --voices ../shared/data/librispeech_train_clean_100_sel \
@@ -47,15 +58,13 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
-import re
 import time
 from typing import Any
 
 import numpy as np
 import tqdm
 
-from av_disentangle import files
+from av_disentangle import corpora, files
 from av_disentangle.constants import AUDIO_EXTENSIONS, SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from av_disentangle.errors import UserError
 from pipelines import media, records, shards, synthetic
@@ -76,8 +85,8 @@ SPLIT_SEED_SALT = 11
 """Second word of the speaker split's seed `[seed, 11]`."""
 SHARD_SEED_SALT = 7
 """As `pipelines.synthetic.SHARD_SEED_SALT`: the shard order's seed is `[seed, 7]`."""
-
-_FLAT_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+CLIP_ORDER_SALT = 13
+"""Second word of the seed `[seed, 13, speaker hash]` of a Speech Commands speaker's clip order."""
 
 
 # === Config ===
@@ -140,49 +149,50 @@ class VoicesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Utterance:
+    """One recording: `utterance_id` is `<spk>-<chap>-<utt>` (LibriSpeech) or
+    `<word>_<spk>_nohash_<n>` (Speech Commands, `word` its word); `voices_dir` is the --voices
+    folder it was listed from (the manifest's `source` paths are relative to it)."""
+
     speaker: str
-    utterance_id: str  # `<spk>-<chap>-<utt>`
+    utterance_id: str
     path: str
-
-
-def _parse_name(path: pathlib.Path) -> tuple[str, str] | None:
-    """(speaker, utterance id) from `<spk>-<chap>-<utt>.ext` or `<spk>/<chap>/<utt>.ext`."""
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    m = _FLAT_NAME.match(stem)
-    if m:
-        return m.group(1), stem
-    parts = path.parts
-    if len(parts) >= 3 and parts[-3].isdigit() and parts[-2].isdigit() and stem.isdigit():
-        return parts[-3], f"{parts[-3]}-{parts[-2]}-{stem}"
-    return None
+    corpus: str = corpora.LIBRISPEECH
+    word: str = ""
+    voices_dir: str = ""
 
 
 def list_utterances(voices_dir: str) -> dict[str, list[Utterance]]:
-    """Speaker id -> its utterances (sorted by id), from a LibriSpeech-layout folder.
+    """Speaker id -> its utterances (sorted by id), from a LibriSpeech- or Speech Commands-layout
+    folder, or several joined by commas (`A,B`: listed as one).
 
     Raises:
-      UserError: missing folder, no audio, a file whose name is not LibriSpeech's, or a
-        single speaker (one line naming the folder or file).
+      UserError: missing folder, no audio, a file whose name is neither corpus's, an utterance
+        id found twice, or a single speaker (one line naming the folder or file).
     """
-    if not os.path.isdir(voices_dir):
-        raise UserError(f"{voices_dir}: --voices folder does not exist")
-    found = files.list_files(voices_dir, AUDIO_EXTENSIONS)
-    if not found:
-        raise UserError(f"{voices_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in the "
-                        f"--voices folder")
+    folders = [d for d in voices_dir.split(",") if d]
+    if not folders:
+        raise UserError(f"{voices_dir!r}: --voices names no folder")
     by_speaker: dict[str, list[Utterance]] = {}
     seen: dict[str, str] = {}
-    for path in found:
-        parsed = _parse_name(path)
-        if parsed is None:
-            raise UserError(f"{path}: not a LibriSpeech name (expected <speaker>-<chapter>-"
-                            f"<utterance>{path.suffix} or <speaker>/<chapter>/<utterance>"
-                            f"{path.suffix})")
-        speaker, utt = parsed
-        if utt in seen:
-            raise UserError(f"{path}: utterance {utt} is also {seen[utt]}")
-        seen[utt] = str(path)
-        by_speaker.setdefault(speaker, []).append(Utterance(speaker, utt, str(path)))
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise UserError(f"{folder}: --voices folder does not exist")
+        found = files.list_files(folder, AUDIO_EXTENSIONS)
+        if not found:
+            raise UserError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in the "
+                            f"--voices folder")
+        for path in found:
+            name = corpora.parse_clip_name(path)
+            if name is None:
+                raise UserError(f"{path}: not a LibriSpeech name (expected "
+                                f"{corpora.EXPECTED_NAMES.format(ext=path.suffix)})")
+            if name.utterance_id in seen:
+                raise UserError(f"{path}: utterance {name.utterance_id} is also "
+                                f"{seen[name.utterance_id]}")
+            seen[name.utterance_id] = str(path)
+            by_speaker.setdefault(name.speaker, []).append(
+                Utterance(name.speaker, name.utterance_id, str(path), name.corpus, name.word,
+                          folder))
     if len(by_speaker) < 2:
         raise UserError(f"{voices_dir}: {len(by_speaker)} speaker ({next(iter(by_speaker))}) in "
                         f"the --voices folder; at least 2 are needed")
@@ -269,17 +279,56 @@ def mouth_from_audio(audio: np.ndarray, reference_db: float | None = None) -> di
 # === Tracks ===
 
 @dataclasses.dataclass(frozen=True)
-class TrackPlan:
-    """One track to write: `num_frames` frames of `utterance` from frame `start_frame`."""
+class Segment:
+    """`num_frames` frames of `utterance` from its frame `start_frame`."""
 
     utterance: Utterance
-    index: int
     start_frame: int
     num_frames: int
 
+
+@dataclasses.dataclass(frozen=True)
+class TrackPlan:
+    """One track to write: its segments, back to back. A LibriSpeech track is one segment of one
+    utterance (`index` = its place in the utterance); a Speech Commands track is whole clips of
+    one speaker (`index` = its place among the speaker's tracks)."""
+
+    segments: tuple[Segment, ...]
+    index: int
+
+    @property
+    def utterance(self) -> Utterance:
+        """The first segment's utterance."""
+        return self.segments[0].utterance
+
+    @property
+    def speaker(self) -> str:
+        return self.utterance.speaker
+
+    @property
+    def start_frame(self) -> int:
+        """The first segment's first frame in its utterance."""
+        return self.segments[0].start_frame
+
+    @property
+    def num_frames(self) -> int:
+        return sum(s.num_frames for s in self.segments)
+
+    @property
+    def joined(self) -> bool:
+        """A track of joined Speech Commands clips."""
+        return self.utterance.corpus == corpora.SPEECH_COMMANDS
+
     @property
     def track_id(self) -> str:
+        if self.joined:
+            return f"{self.speaker}/c{self.index:02d}"
         return f"{self.utterance.utterance_id}/t{self.index:02d}"
+
+    @property
+    def video_id(self) -> str:
+        """The batch sampler's video: the utterance, or the speaker for joined clips."""
+        return self.speaker if self.joined else self.utterance.utterance_id
 
 
 @functools.lru_cache(maxsize=16)
@@ -288,41 +337,110 @@ def _decode(path: str) -> np.ndarray:
     return media.decode_audio_file(path)
 
 
-def plan_tracks(utterances: list[Utterance], config: VoicesConfig) -> list[TrackPlan]:
-    """Cuts each utterance into consecutive tracks (decodes every file once)."""
-    plans = []
-    for utt in utterances:
-        frames = _decode(utt.path).shape[0] // SAMPLES_PER_FRAME
-        start, k = 0, 0
-        while frames - start >= config.min_track_frames:
+def _frames(utt: Utterance) -> int:
+    return _decode(utt.path).shape[0] // SAMPLES_PER_FRAME
+
+
+def _join_clips(clips: list[Utterance], config: VoicesConfig) -> list[TrackPlan]:
+    """One speaker's Speech Commands clips, whole, in the order seeded by (seed, speaker),
+    packed greedily into tracks of at most `track_frames` (a clip longer than that is cut as an
+    utterance is); tracks shorter than `min_track_frames` are dropped."""
+    order = shards.shuffle(sorted(clips, key=lambda u: u.utterance_id),
+                           [int(config.seed), CLIP_ORDER_SALT, _stable_int(clips[0].speaker)])
+    pieces: list[Segment] = []
+    for utt in order:
+        frames, start = _frames(utt), 0
+        while start < frames:
             n = min(config.track_frames, frames - start)
-            plans.append(TrackPlan(utt, k, start, n))
-            start, k = start + n, k + 1
+            pieces.append(Segment(utt, start, n))
+            start += n
+    plans: list[TrackPlan] = []
+    current: list[Segment] = []
+
+    def close() -> None:
+        if current and sum(s.num_frames for s in current) >= config.min_track_frames:
+            plans.append(TrackPlan(tuple(current), len(plans)))
+
+    for piece in pieces:
+        if sum(s.num_frames for s in current) + piece.num_frames > config.track_frames:
+            close()
+            current = []
+        current.append(piece)
+    close()
     return plans
 
 
-def generate_track(config: VoicesConfig, plan: TrackPlan) -> tuple[records.Track, dict]:
-    """The track of `plan` and its per-frame mouth drivers (`mouth_from_audio`)."""
-    audio = _decode(plan.utterance.path)
+def plan_tracks(utterances: list[Utterance], config: VoicesConfig) -> list[TrackPlan]:
+    """Cuts each LibriSpeech utterance into consecutive tracks and joins each speaker's Speech
+    Commands clips into tracks (`_join_clips`; after the utterances, speakers in order of first
+    appearance). Decodes every file once."""
+    plans = []
+    clips: dict[str, list[Utterance]] = {}
+    for utt in utterances:
+        if utt.corpus == corpora.SPEECH_COMMANDS:
+            clips.setdefault(utt.speaker, []).append(utt)
+            continue
+        frames = _frames(utt)
+        start, k = 0, 0
+        while frames - start >= config.min_track_frames:
+            n = min(config.track_frames, frames - start)
+            plans.append(TrackPlan((Segment(utt, start, n),), k))
+            start, k = start + n, k + 1
+    for speaker_clips in clips.values():
+        plans += _join_clips(speaker_clips, config)
+    return plans
+
+
+def _segment_audio(segment: Segment) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The segment's samples and its mouth drivers, relative to its utterance's loud frames."""
+    audio = _decode(segment.utterance.path)
     usable = audio[:(audio.shape[0] // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME]
     reference_db = float(np.percentile(mouth_from_audio(usable)["level_db"], 95))
-    s0 = plan.start_frame * SAMPLES_PER_FRAME
-    track_audio = np.ascontiguousarray(usable[s0:s0 + plan.num_frames * SAMPLES_PER_FRAME])
-    drivers = mouth_from_audio(track_audio, reference_db)
-    speaker = plan.utterance.speaker
+    s0 = segment.start_frame * SAMPLES_PER_FRAME
+    samples = np.ascontiguousarray(usable[s0:s0 + segment.num_frames * SAMPLES_PER_FRAME])
+    return samples, mouth_from_audio(samples, reference_db)
+
+
+def generate_track(config: VoicesConfig, plan: TrackPlan) -> tuple[records.Track, dict]:
+    """The track of `plan` and its per-frame mouth drivers (`mouth_from_audio`, of each
+    segment's own audio, concatenated)."""
+    parts = [_segment_audio(s) for s in plan.segments]
+    track_audio = np.concatenate([a for a, _ in parts])
+    drivers = {k: np.concatenate([d[k] for _, d in parts]) for k in parts[0][1]}
+    speaker = plan.speaker
     ident = speaker_face(speaker, config.seed)
+    key = plan.track_id if plan.joined else plan.utterance.utterance_id
     rng = np.random.default_rng([int(config.seed), 3, speaker_identity_index(speaker),
-                                 _stable_int(plan.utterance.utterance_id), plan.index])
+                                 _stable_int(key), plan.index])
     frames = synthetic._render_video(ident, drivers["mouth_open"], drivers["mouth_width"],
                                      config.render_config(), rng)
     track = records.Track(frames=frames, audio=track_audio.astype(np.int16),
-                          track_id=plan.track_id, video_id=plan.utterance.utterance_id,
+                          track_id=plan.track_id, video_id=plan.video_id,
                           identity=speaker, source_path=plan.utterance.path,
                           av_offset_frames=0)
     return track, drivers
 
 
 # === Writing ===
+
+def _source(utt: Utterance) -> str:
+    return os.path.relpath(utt.path, utt.voices_dir or os.path.dirname(utt.path))
+
+
+def _manifest_row(plan: TrackPlan, shard: str, drivers: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The manifest's entry of a written track."""
+    row = {"track_id": plan.track_id, "speaker": plan.speaker,
+           "utterance": "+".join(s.utterance.utterance_id for s in plan.segments),
+           "source": _source(plan.utterance), "start_frame": plan.start_frame,
+           "num_frames": plan.num_frames, "shard": shard,
+           "mean_mouth_open": round(float(drivers["mouth_open"].mean()), 4)}
+    if plan.joined:
+        row["words"] = [s.utterance.word for s in plan.segments]
+        row["segments"] = [{"utterance": s.utterance.utterance_id, "source": _source(s.utterance),
+                            "start_frame": s.start_frame, "num_frames": s.num_frames}
+                           for s in plan.segments]
+    return row
+
 
 def write_part(config: VoicesConfig, utterances: list[Utterance], output_dir: str, *,
                part: str, split: dict[str, list[str]], voices_dir: str,
@@ -353,17 +471,12 @@ def write_part(config: VoicesConfig, utterances: list[Utterance], output_dir: st
                         p = plans[i]
                         track, drivers = generate_track(config, p)
                         writer.write(records.encode_track(track, jpeg_quality=config.jpeg_quality))
-                        rows[i] = {"track_id": p.track_id, "speaker": p.utterance.speaker,
-                                   "utterance": p.utterance.utterance_id,
-                                   "source": os.path.relpath(p.utterance.path, voices_dir),
-                                   "start_frame": p.start_frame, "num_frames": p.num_frames,
-                                   "shard": name,
-                                   "mean_mouth_open": round(float(drivers["mouth_open"].mean()),
-                                                            4)}
+                        rows[i] = _manifest_row(p, name, drivers)
                         bar.update(1)
-        speakers = sorted({p.utterance.speaker for p in plans}, key=_speaker_key)
+        speakers = sorted({p.speaker for p in plans}, key=_speaker_key)
         manifest = {
-            "format": FORMAT, "part": part, "voices_dir": os.path.abspath(voices_dir),
+            "format": FORMAT, "part": part,
+            "voices_dir": ",".join(os.path.abspath(d) for d in voices_dir.split(",") if d),
             "config": dataclasses.asdict(config),
             "generator_version": synthetic.GENERATOR_VERSION,
             "sample_rate": SAMPLE_RATE, "fps": VIDEO_FPS, "samples_per_frame": SAMPLES_PER_FRAME,
@@ -405,7 +518,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The real-voice options of `python -m pipelines.synthetic`."""
     group = parser.add_argument_group("real voices (--voices)")
     group.add_argument("--voices", default="",
-                       help="a LibriSpeech-layout folder: build the real-voice world from it "
+                       help="a LibriSpeech- or Speech Commands-layout folder, or several "
+                            "joined by commas (A,B): build the real-voice world from them "
                             "(--identities, --tracks_per_identity, --frames, --split are unused)")
     group.add_argument("--track_seconds", type=float, default=VoicesConfig.track_seconds)
     group.add_argument("--min_track_seconds", type=float, default=VoicesConfig.min_track_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -209,3 +210,86 @@ def test_selection_manifest_lists_251_disjoint_speakers():
     assert {(r[0] + ".flac", r[5]) for r in rows} == {(name, digest) for digest, name in md5}
     assert all(r[3] == f"train-clean-100/{r[1]}/{r[2]}/{r[0]}.flac" for r in rows)
     assert 50 * 60 < sum(int(r[4]) for r in rows) / constants.SAMPLE_RATE < 55 * 60
+
+
+# === Speech Commands clips (issue 27) ===
+
+SPEECH_COMMANDS = os.path.join(REPO, "data", "samples", "speech_commands_subset")  # 8 x 4-6
+SC_TSV = os.path.join(REPO, "data", "speech_commands_v001_3words.tsv")
+
+
+def test_speech_commands_clips_are_joined_whole_into_tracks_of_one_speaker():
+    listed = voices.list_utterances(SPEECH_COMMANDS)
+    assert len(listed) == 8 and all(4 <= len(u) <= 6 for u in listed.values())
+    clip = listed["012c8314"][0]
+    assert (clip.corpus, clip.word) == ("speech_commands", clip.utterance_id.split("_")[0])
+    config = voices.VoicesConfig(track_seconds=3.0, face_size=32, seed=0)
+    clips = [u for us in listed.values() for u in us]
+    plans = voices.plan_tracks(clips, config)
+    used = [s.utterance.utterance_id for p in plans for s in p.segments]
+    assert len(used) == len(set(used))  # no clip twice
+    for p in plans:
+        assert p.joined and 25 <= p.num_frames <= 75
+        assert {s.utterance.speaker for s in p.segments} == {p.speaker}
+        n = [voices._frames(s.utterance) for s in p.segments]
+        assert [s.num_frames for s in p.segments] == n and {s.start_frame for s in p.segments} == {0}
+    # Each speaker's clips are all used, except what cannot fill a track (a lone short clip).
+    dropped = {u.utterance_id for u in clips} - set(used)
+    assert len(dropped) <= 2
+    assert max(len(p.segments) for p in plans) == 3  # three one-second words in a 3 s track
+    # The order is seeded by (seed, speaker): the same for the same seed, another for another.
+    again = voices.plan_tracks(clips, config)
+    assert [p.segments for p in again] == [p.segments for p in plans]
+    other = voices.plan_tracks(clips, dataclasses.replace(config, seed=1))
+    assert [p.segments for p in other] != [p.segments for p in plans]
+
+    # The track's audio is its clips' samples, back to back; its mouth follows each frame's audio.
+    plan = next(p for p in plans if len(p.segments) == 3)
+    track, drivers = voices.generate_track(config, plan)
+    expected = np.concatenate([
+        voices.media.decode_audio_file(s.utterance.path)[:s.num_frames * 640]
+        for s in plan.segments])
+    np.testing.assert_array_equal(track.audio, expected)
+    assert track.frames.shape[0] == plan.num_frames == len(drivers["mouth_open"])
+    assert track.video_id == plan.speaker and track.identity == plan.speaker
+    assert lagged_corr(drivers["mouth_open"], _frame_level_db(track.audio), 0) > 0.8
+
+
+def test_a_mixed_world_keeps_held_out_speakers_of_both_corpora_out_of_training(tmp_path):
+    out = str(tmp_path / "world")
+    mixed = f"{SUBSET},{SPEECH_COMMANDS}"
+    rc = synthetic.main(["--voices", mixed, "--output", out, "--holdout_speakers", "4",
+                         "--track_seconds", "3", "--face_size", "32", "--seed", "2"])
+    assert rc == 0
+    train_m = voices.load_manifest(os.path.join(out, "train"))
+    split = train_m["split"]
+    assert len(split["train"]) + len(split["holdout"]) == 13
+    assert not set(split["train"]) & set(split["holdout"])
+    ids = {}
+    for part in ("train", "holdout"):
+        ids[part] = {item["identity"].decode()
+                     for path in sorted(glob.glob(os.path.join(out, part, "shard-*.tfrecord")))
+                     for item in records.read_tracks(path)}
+    assert ids["train"] == set(split["train"]) and ids["holdout"] == set(split["holdout"])
+    joined = [t for t in train_m["tracks"] if "segments" in t]
+    assert joined and all(len(t["words"]) == len(t["segments"]) for t in joined)
+    assert all(t["source"].startswith(t["speaker"] + "/") for t in joined)
+    assert any(t["speaker"] in voices.list_utterances(SUBSET) for t in train_m["tracks"])
+    assert train_m["voices_dir"] == f"{SUBSET},{SPEECH_COMMANDS}"
+
+
+def test_speech_commands_manifest_is_whole_and_lists_the_bundled_clips():
+    import csv
+    import hashlib
+
+    with open(SC_TSV, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert len(rows) == 5174 and len({r["speaker"] for r in rows}) == 1734
+    assert {r["word"] for r in rows} == {"bed", "cat", "happy"}
+    by_path = {r["path"]: r for r in rows}
+    bundled = sorted(glob.glob(os.path.join(SPEECH_COMMANDS, "*", "*.flac")))
+    assert len(bundled) == 36
+    for path in bundled:
+        rel = os.path.relpath(path, SPEECH_COMMANDS)
+        with open(path, "rb") as fh:
+            assert hashlib.md5(fh.read()).hexdigest() == by_path[rel]["md5"], rel

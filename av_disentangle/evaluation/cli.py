@@ -4,7 +4,7 @@
     python evaluate.py --task sync --model ... --videos DIR [--sync_csv FILE]
     python evaluate.py --task crossmodal --model ... --videos DIR [--identities CSV]
     python evaluate.py --baseline mfcc --trials LIST --audio_root DIR   # a free baseline
-    python evaluate.py --make_trials ROOT --trials_out FILE
+    python evaluate.py --make_trials ROOT --trials_out FILE [--content_controlled]
 
 Tasks: `verification.run_verification`, `sync.run_sync`, `crossmodal.run_crossmodal`; each
 takes the parsed flags, prints its summary line and returns its metrics. A user error is one
@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--make_trials", metavar="ROOT",
                    help="write all pairs of ROOT/<speaker>/<utt>.<ext> to --trials_out")
     g.add_argument("--trials_out")
+    g.add_argument("--content_controlled", action="store_true",
+                   help="ROOT is a Speech Commands folder (<speaker>/<word>_<speaker>_nohash_"
+                        "<n>.<ext>): targets are the same speaker saying DIFFERENT words; also "
+                        "writes the hard subset (targets + same-word non-targets) to "
+                        "<trials_out stem>_hard<suffix>")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, tracebacks and TensorFlow's own messages")
     return p
@@ -121,20 +126,32 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     """
     if args.make_trials:
         from av_disentangle.evaluation.paths import check_output_file
-        from av_disentangle.evaluation.trials import make_trials
+        from av_disentangle.evaluation.trials import (hard_trials_path, make_content_trials,
+                                                      make_trials)
 
         if not args.trials_out:
             raise EvaluationError("--make_trials needs --trials_out")
         if not os.path.isdir(args.make_trials):
             raise EvaluationError(f"{args.make_trials}: --make_trials folder not found")
         check_output_file(args.trials_out, "--trials_out")
-        make_trials(args.make_trials, args.trials_out)
+        if not args.content_controlled:
+            make_trials(args.make_trials, args.trials_out)
+            return {}
+        check_output_file(str(hard_trials_path(args.trials_out)), "--trials_out (hard subset)")
+        counts = make_content_trials(args.make_trials, args.trials_out)
+        print(f"wrote {counts['all']} trials ({counts['target']} target: same speaker, "
+              f"different word; {counts['nontarget_same_word']} same-word and "
+              f"{counts['nontarget_different_word']} different-word non-target) to "
+              f"{args.trials_out}, and {counts['hard']} hard ones (targets + same-word "
+              f"non-targets) to {hard_trials_path(args.trials_out)}")
         return {}
     if args.baseline:
         if args.model or args.task != "verification":
             raise EvaluationError("--baseline replaces --model, for --task verification only")
     elif not args.model:
         raise EvaluationError("--model is required (or --baseline for verification)")
+    if args.content_controlled:
+        raise EvaluationError("--content_controlled is an option of --make_trials")
     return task_function(args.task)(args)
 
 

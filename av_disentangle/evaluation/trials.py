@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from av_disentangle import files
+from av_disentangle import corpora, files
 from av_disentangle.constants import AUDIO_EXTENSIONS
 from av_disentangle.evaluation import EvaluationError
 from av_disentangle.evaluation.paths import write_file
@@ -84,3 +84,83 @@ def make_trials(root: str | os.PathLike, out_path: str | os.PathLike,
     logger.info("wrote %d trials (%d target, %d non-target) over %d files of %d speakers "
                 "to %s", n, n_target, n - n_target, len(found), len(speakers), out_path)
     return n
+
+
+HARD_SUFFIX = "_hard"
+"""`make_content_trials` writes the hard subset beside `out_path`: `<stem>_hard<suffix>`."""
+
+
+def hard_trials_path(out_path: str | os.PathLike) -> Path:
+    """Where `make_content_trials(root, out_path)` writes its hard subset."""
+    out = Path(out_path)
+    return out.with_name(f"{out.stem}{HARD_SUFFIX}{out.suffix}")
+
+
+def make_content_trials(root: str | os.PathLike, out_path: str | os.PathLike,
+                        extensions: Sequence[str] = AUDIO_EXTENSIONS) -> dict[str, int]:
+    """Content-controlled trials of a Speech Commands folder (`root/<speaker>/<word>_<speaker>
+    _nohash_<n>.<ext>`): every speaker says the same few words, so content can be held fixed.
+
+    Writes two VoxCeleb-format lists (paths relative to `root`, use it as `--audio_root`):
+      out_path             all trials: target = same speaker, DIFFERENT word (a speaker's two
+                           takes of one word are left out: the content would match); non-target
+                           = different speakers, same or different word.
+      <stem>_hard<suffix>  the hard subset: the same targets against the SAME-word non-targets
+                           only. An embedding that carries the word rather than the voice scores
+                           these non-targets high and the targets low, so it fails here.
+    Returns the counts: `target`, `nontarget_same_word`, `nontarget_different_word`, `all`,
+    `hard`, `files`, `speakers`, `skipped_same_word_targets`.
+
+    Raises:
+        EvaluationError: a file whose name is not Speech Commands' (named), or no target or no
+            same-word non-target trial at all (too few speakers or words).
+    """
+    root = Path(root)
+    clips: list[tuple[str, str, str]] = []  # (speaker, word, relative path)
+    for path in files.list_files(root, extensions):
+        name = corpora.parse_speech_commands(path)
+        if name is None:
+            raise EvaluationError(
+                f"{path}: not a Speech Commands name (expected <speaker>/<word>_<speaker>"
+                f"_nohash_<n>{path.suffix} with the same 8-hex-digit speaker)")
+        clips.append((name.speaker, name.word, path.relative_to(root).as_posix()))
+    everything: list[str] = []
+    hard: list[str] = []
+    counts = Counter()
+    for (s1, w1, p1), (s2, w2, p2) in itertools.combinations(clips, 2):
+        if s1 == s2:
+            if w1 == w2:
+                counts["skipped_same_word_targets"] += 1
+                continue
+            counts["target"] += 1
+            line = f"1 {p1} {p2}\n"
+            hard.append(line)
+        elif w1 == w2:
+            counts["nontarget_same_word"] += 1
+            line = f"0 {p1} {p2}\n"
+            hard.append(line)
+        else:
+            counts["nontarget_different_word"] += 1
+            line = f"0 {p1} {p2}\n"
+        everything.append(line)
+    if not counts["target"] or not counts["nontarget_same_word"]:
+        raise EvaluationError(
+            f"{root}: content-controlled trials need a speaker with two different words and "
+            f"two speakers with the same word; found {len(clips)} clip(s) of "
+            f"{len({c[0] for c in clips})} speaker(s), {counts['target']} target and "
+            f"{counts['nontarget_same_word']} same-word non-target pair(s)")
+    hard_path = hard_trials_path(out_path)
+    write_file(out_path, "".join(everything))
+    write_file(hard_path, "".join(hard))
+    result = {k: int(counts[k]) for k in ("target", "nontarget_same_word",
+                                          "nontarget_different_word",
+                                          "skipped_same_word_targets")}
+    result.update(all=len(everything), hard=len(hard), files=len(clips),
+                  speakers=len({c[0] for c in clips}))
+    logger.info("wrote %d content-controlled trials (%d target, different words; %d same-word "
+                "and %d different-word non-target) over %d clips of %d speakers to %s, and the "
+                "%d hard ones (targets + same-word non-targets) to %s", result["all"],
+                result["target"], result["nontarget_same_word"],
+                result["nontarget_different_word"], result["files"], result["speakers"],
+                out_path, result["hard"], hard_path)
+    return result
