@@ -49,13 +49,6 @@ LATEST = "latest.weights.h5"
 _GENERATION = re.compile(r"^step-(\d{9})\.weights\.h5$")
 
 
-# === Fault injection and atomic writes: one implementation, in `av_disentangle.files` ===
-FAULT_ENV = files.FAULT_ENV
-fault_point = files.fault_point
-temp_path = files.temp_path
-write_json_atomic = files.write_json_atomic
-remove_stale_temps = files.remove_stale_temps
-
 
 def weights_bytes(model: keras.Model) -> int:
     """An upper bound of the size of `model.save_weights`' file: the model's and its
@@ -105,7 +98,7 @@ def prepare_run_dir(model_dir: str) -> None:
     tf.io.gfile.makedirs(model_dir)
     for folder in (model_dir, os.path.join(model_dir, "checkpoints")):
         if os.path.isdir(folder):
-            remove_stale_temps(folder)
+            files.remove_stale_temps(folder)
 
 
 def read_json(path: str) -> dict | None:
@@ -195,7 +188,7 @@ class CrashSafeBackup(keras.callbacks.Callback):
         exist but none loads."""
         if not tf.io.gfile.isdir(self.backup_dir):
             return 0
-        remove_stale_temps(self.backup_dir)
+        files.remove_stale_temps(self.backup_dir)
         candidates = self._candidates()
         tried = []
         for i, gen in enumerate(candidates):
@@ -252,7 +245,7 @@ class CrashSafeBackup(keras.callbacks.Callback):
         gen = Generation(name, step, step // self.steps_per_epoch, step % self.steps_per_epoch,
                          sha256_file(path))
         generations = [gen] + [g for g in self.generations if g.weights != name][:self.keep - 1]
-        write_json_atomic(self.metadata_path, {
+        files.write_json_atomic(self.metadata_path, {
             "epoch": gen.epoch, "batch": gen.batch, "step": step, "weights": name,
             "generations": [dataclasses.asdict(g) for g in generations]},
             fault="backup.metadata")
@@ -263,11 +256,11 @@ class CrashSafeBackup(keras.callbacks.Callback):
         for old in tf.io.gfile.listdir(self.backup_dir):
             if _GENERATION.match(old) and old not in keep:
                 tf.io.gfile.remove(os.path.join(self.backup_dir, old))
-        fault_point("backup.cleaned")
+        files.fault_point("backup.cleaned")
 
     def _link_latest(self, path: str) -> None:
         latest = os.path.join(self.backup_dir, LATEST)
-        tmp = temp_path(latest)
+        tmp = files.temp_path(latest)
         if files.is_remote(latest):  # object stores have no links: a copy
             tf.io.gfile.copy(path, tmp, overwrite=True)
             tf.io.gfile.rename(tmp, latest, overwrite=True)
@@ -403,7 +396,7 @@ def read_export_record(model_dir: str) -> dict | None:
 
 
 def write_export_record(model_dir: str, export_dir: str, step: int, weights_sha256: str) -> None:
-    write_json_atomic(os.path.join(model_dir, "export.json"),
+    files.write_json_atomic(os.path.join(model_dir, "export.json"),
                       {"export_dir": export_dir if files.is_remote(export_dir)
                        else os.path.abspath(export_dir), "step": step,
                        "weights_sha256": weights_sha256}, fault="export_record")

@@ -32,7 +32,7 @@ from av_disentangle import convert
 from av_disentangle.config import LossConfig, ModelConfig, from_dict, to_dict
 from av_disentangle.convert import CHECKPOINT_ENDINGS, ConvertError
 from av_disentangle.model import DisentangleModel
-from av_disentangle.training import UsageError
+from av_disentangle.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _read_json(path: str) -> dict[str, Any]:
         with tf.io.gfile.GFile(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError, tf.errors.OpError) as e:
-        raise UsageError(f"--init_from: cannot read {path}: {e}") from e
+        raise UserError(f"--init_from: cannot read {path}: {e}") from e
 
 
 def _epoch_number(path: str) -> int:
@@ -77,20 +77,20 @@ def resolve_init_from(init_from: str, temporal_stride: int = 2) -> PretrainedSou
     `temporal_stride` is the run's: a reference checkpoint does not record its own.
 
     Raises:
-      UsageError: none of these, or files missing, naming what was expected.
+      UserError: none of these, or files missing, naming what was expected.
     """
     path = init_from.rstrip("/")
     if path.endswith(CHECKPOINT_ENDINGS) and not tf.io.gfile.isdir(path):
         try:
             state, config = convert.load_checkpoint(path, temporal_stride)
         except ConvertError as e:
-            raise UsageError(f"--init_from {e}") from e
+            raise UserError(f"--init_from {e}") from e
         return PretrainedSource("syncnet_trainer", path, to_dict(config),
                                 model_size="syncnet_trainer", state=state)
     if tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         config_path = os.path.join(path, "model_config.json")
         if not tf.io.gfile.exists(config_path):
-            raise UsageError(f"--init_from {init_from}: SavedModel without model_config.json "
+            raise UserError(f"--init_from {init_from}: SavedModel without model_config.json "
                              "(not exported by this project's train.py)")
         return PretrainedSource("saved_model", path, _read_json(config_path))
     if path.endswith(".weights.h5") and tf.io.gfile.exists(path):
@@ -100,43 +100,43 @@ def resolve_init_from(init_from: str, temporal_stride: int = 2) -> PretrainedSou
         found = sorted(glob.glob(os.path.join(path, "checkpoints", "epoch-*.weights.h5")),
                        key=_epoch_number)
         if not found:
-            raise UsageError(
+            raise UserError(
                 f"--init_from {init_from}: no per-epoch weights "
                 f"({os.path.join(path, 'checkpoints', 'epoch-NNN.weights.h5')}) and no "
                 "saved_model.pb: give a self-supervised run directory that finished at least "
                 "one epoch, one of its weights files, or an exported SavedModel directory")
         weights = found[-1]
     else:
-        raise UsageError(f"--init_from {init_from} does not exist (give a run directory, a "
+        raise UserError(f"--init_from {init_from} does not exist (give a run directory, a "
                          "checkpoints/epoch-NNN.weights.h5 file, a SavedModel directory or a "
                          f"syncnet_trainer checkpoint ({'/'.join(CHECKPOINT_ENDINGS)}))")
     config_path = os.path.join(run_dir, "config.json")
     if not tf.io.gfile.exists(config_path):
-        raise UsageError(f"--init_from {init_from}: {config_path} is missing (the run's "
+        raise UserError(f"--init_from {init_from}: {config_path} is missing (the run's "
                          "resolved config, written by train.py)")
     run = _read_json(config_path)
     if "model" not in run:
-        raise UsageError(f"--init_from {init_from}: {config_path} has no `model` config")
+        raise UserError(f"--init_from {init_from}: {config_path} has no `model` config")
     if run.get("supervised"):
-        raise UsageError(f"--init_from {init_from} is a supervised run; give a self-supervised "
+        raise UserError(f"--init_from {init_from} is a supervised run; give a self-supervised "
                          "run, or the SavedModel a supervised run exported")
     return PretrainedSource("weights", weights, run["model"], run.get("loss") or {},
                             (run.get("flags") or {}).get("model_size"))
 
 
 def check_model_config(source: PretrainedSource, model_config: ModelConfig) -> None:
-    """UsageError naming every field where the pretrained model's config differs from this
+    """UserError naming every field where the pretrained model's config differs from this
     run's (fields its file predates count as the value such models were built with)."""
     ours = to_dict(model_config)
     try:
         theirs = to_dict(ModelConfig.from_saved(source.model_config))
     except (TypeError, ValueError) as e:
-        raise UsageError(f"--init_from {source.path}: unreadable model config: {e}") from e
+        raise UserError(f"--init_from {source.path}: unreadable model config: {e}") from e
     diffs = [f"{k}: pretrained {theirs.get(k, '(absent)')} vs this run {ours.get(k, '(absent)')}"
              for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
     if diffs:
         size = f" (its --model_size was {source.model_size})" if source.model_size else ""
-        raise UsageError(
+        raise UserError(
             f"--init_from {source.path}: the pretrained model has another configuration than "
             f"this run{size}: {'; '.join(diffs)}. Use the same --model_size / size flags as "
             "the pretrained model")
@@ -144,7 +144,7 @@ def check_model_config(source: PretrainedSource, model_config: ModelConfig) -> N
 
 def check_init_from(init_from: str, model_config: ModelConfig) -> PretrainedSource:
     """Resolves `init_from` and checks its model config against `model_config`, before the
-    run writes any state. Raises UsageError."""
+    run writes any state. Raises UserError."""
     source = resolve_init_from(init_from, model_config.temporal_stride)
     check_model_config(source, model_config)
     return source
@@ -166,7 +166,7 @@ def _load_from_saved_model(streams: tuple[keras.Model, ...], path: str) -> None:
             v = by_name.get(target.path)
             if v is None or tuple(v.shape) != tuple(target.shape):
                 found = "missing" if v is None else f"shape {tuple(v.shape)}"
-                raise UsageError(
+                raise UserError(
                     f"--init_from {path}: variable {target.path} {tuple(target.shape)} is "
                     f"{found} in the SavedModel (exported by another version of the model?)")
             target.assign(v)
@@ -179,7 +179,7 @@ def load_streams(face_stream: keras.Model, audio_stream: keras.Model,
     similarity scales and biases (`__L__.*`).
 
     Raises:
-      UsageError: weights that do not fit this code's stream architecture.
+      UserError: weights that do not fit this code's stream architecture.
     """
     if source.kind == "syncnet_trainer":
         convert.assign_streams(face_stream, audio_stream, source.state)
@@ -193,7 +193,7 @@ def load_streams(face_stream: keras.Model, audio_stream: keras.Model,
             pretrained = DisentangleModel(config, from_dict(LossConfig, source.loss_config or {}))
             pretrained.load_weights(source.path)
         except ValueError as e:
-            raise UsageError(f"--init_from {source.path}: cannot load the weights into this "
+            raise UserError(f"--init_from {source.path}: cannot load the weights into this "
                              f"code's model (was it trained with another version?): {e}") from e
         _copy_weights(audio_stream, pretrained.audio_stream)
         _copy_weights(face_stream, pretrained.face_stream)

@@ -30,9 +30,10 @@ import tensorflow as tf
 from av_disentangle import checkpoints, compat, errors, files
 from av_disentangle.config import LEGACY_MODEL_VALUES, SGD_RECIPE, ModelConfig
 from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
+from av_disentangle.errors import UserError
 from av_disentangle.pretrained import check_init_from, load_streams
-from av_disentangle.training import (NonFiniteLoss, UsageError, choose_mixed_precision,
-                                     cpu_flags, is_chief, make_optimizer, make_strategy,
+from av_disentangle.training import (NonFiniteLoss, choose_mixed_precision, cpu_flags,
+                                     is_chief, make_optimizer, make_strategy,
                                      worker_index)
 
 log = logging.getLogger("train")
@@ -193,7 +194,7 @@ def checked_shards(pattern: str, flag: str, skip_bad: bool, full: bool) -> str:
 def load_supervised(settings: Settings):
     """`--objective supervised`: (the LabelledAudio with the label budget drawn and the audio
     decoded, the `--init_from` source checked against this model config or None). Raises
-    ValueError / UsageError with a one-line message; writes nothing."""
+    ValueError / UserError with a one-line message; writes nothing."""
     from pipelines.labelled import load_labelled_audio
 
     config = settings.supervised
@@ -251,7 +252,7 @@ def resolve_mixed_precision(settings: Settings) -> tuple[Settings, str]:
 def prepare(settings: Settings) -> Plan:
     """Every check that can fail on the user's input, before anything is written: the labelled
     data and `--init_from` (supervised), `--model_dir` against a run already in it, and the
-    shards. Raises UsageError (one line)."""
+    shards. Raises UserError (one line)."""
     try:
         resolved = settings_record(settings)
         if settings.supervised is not None:  # labels read, init_from checked, nothing written
@@ -282,7 +283,7 @@ def prepare(settings: Settings) -> Plan:
                     check_stored_face_size(list_shards(pattern), settings.model.face_size)
         return Plan(resolved, train_data, train_files, val_files, init_source=init_source)
     except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from e
+        raise UserError(str(e)) from e
 
 
 def check_data_service(address: str) -> None:
@@ -310,7 +311,7 @@ def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras
     strategy = make_strategy(settings.run.cpu_replicas)
     replicas = strategy.num_replicas_in_sync
     if settings.train.batch_tracks % replicas:
-        raise UsageError(f"--batch_tracks {settings.train.batch_tracks} must be divisible by "
+        raise UserError(f"--batch_tracks {settings.train.batch_tracks} must be divisible by "
                          f"the {replicas} replicas")
     log.info("strategy %s with %d replica(s); %d tracks per replica (negatives %s)",
              type(strategy).__name__, replicas, settings.train.batch_tracks // replicas,
@@ -366,7 +367,7 @@ def dataset_maker(settings: Settings, plan: Plan, pattern: str | None,
 def start_run_dir(model_dir: str, plan: Plan, replicas: int) -> None:
     """The chief's first writes: temp files of a killed run removed, config.json (atomic)."""
     checkpoints.prepare_run_dir(model_dir)
-    checkpoints.write_json_atomic(
+    files.write_json_atomic(
         os.path.join(model_dir, "config.json"),
         {**plan.resolved, "train_data": plan.train_data, "replicas": replicas}, fault="config")
 
@@ -428,8 +429,8 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
         validation_steps: int | None = None, shard_patterns: tuple[str, ...] = (),
         train_pattern: str = "") -> int:
     """`checkpoints.resumable_fit` with the user's errors made one line: a corrupt record
-    (UsageError naming the shard, found by checking `shard_patterns`), a NaN/Inf loss
-    (NonFiniteLoss), and training input (`train_pattern`) that runs out (UsageError).
+    (UserError naming the shard, found by checking `shard_patterns`), a NaN/Inf loss
+    (NonFiniteLoss), and training input (`train_pattern`) that runs out (UserError).
     Returns the step reached."""
     from av_disentangle.shard_check import check_shards
     from pipelines.input import list_shards
@@ -448,7 +449,7 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
         log.info("a record failed its checksum; checking all %d shards to name it", len(found))
         bad = check_shards(found, full=True)
         named = "; ".join(f"{p} is {problem}" for p, problem in bad) or str(e.message)[:200]
-        raise UsageError(f"corrupt training data: {named}. {backup.kept().capitalize()}; "
+        raise UserError(f"corrupt training data: {named}. {backup.kept().capitalize()}; "
                          "rerun with --full_shard_check --skip_bad_shards to train on the "
                          "other shards") from e
     if backup.saw_non_finite:
@@ -460,7 +461,7 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
         # Keras only warns when the input runs out ("Your input ran out of data"), and the
         # half-trained model would be exported. A repeated input runs out only when one pass
         # makes no batch at all (pipelines.input.make_dataset).
-        raise UsageError(
+        raise UserError(
             f"the training data ran out after {start + backup.batches_trained} of "
             f"{epochs * steps_per_epoch} steps: "
             f"{train_pattern or 'the training input'} makes no full batch of --batch_tracks "
@@ -495,7 +496,7 @@ def export(model: keras.Model, model_config: ModelConfig, *, model_dir: str, ste
             target = record["export_dir"]
     target = target or wanted or next_version_dir(os.path.join(export_root, export_name))
     if tf.io.gfile.exists(target):
-        raise UsageError(f"export directory {target} already exists; TF Serving versions "
+        raise UserError(f"export directory {target} already exists; TF Serving versions "
                          "are immutable, pick a new version")
     if weights_sha256:  # written first: a rerun after a kill finishes this export, not a new one
         checkpoints.write_export_record(model_dir, target, step, weights_sha256)
@@ -544,7 +545,7 @@ def train(settings: Settings, callbacks: Sequence[keras.callbacks.Callback] = ()
       (SavedModel directory or None with `no_export` / on a non-chief worker, whether this call
       wrote it).
     Raises:
-      UsageError: the user's input is wrong (one line; nothing written when found up front).
+      UserError: the user's input is wrong (one line; nothing written when found up front).
       NonFiniteLoss: the loss became NaN/Inf (the last good state is kept).
     """
     policy = keras.mixed_precision.global_policy()

@@ -10,7 +10,7 @@ same five signatures as a self-supervised run (`export.export_saved_model`): wit
 `init_from` (`pretrained.py`) copies the streams of a self-supervised run: a run directory (its
 latest `checkpoints/epoch-NNN.weights.h5`), one such weights file, an exported SavedModel
 directory, or a joonson/syncnet_trainer checkpoint (`convert.py`). The source's model config
-must equal this run's (a mismatch is a `UsageError` naming the differing fields).
+must equal this run's (a mismatch is a `UserError` naming the differing fields).
 
 `freeze_trunk` (`freeze_stream_parts`) makes the audio TRUNK non-trainable: every layer shared
 by the content and identity outputs (log-mel, conv1-5, fc6 and their BatchNorms, which then

@@ -1,4 +1,7 @@
-"""Training settings and the pieces `train.py` assembles: strategy, optimizer, callbacks."""
+"""The distribution strategy (MirroredStrategy / MultiWorkerMirroredStrategy, chief and
+worker index), the mixed-precision choice (bf16 on CPUs with bf16 units; float16 opt-in), the
+optimizer factory (SGD / Adam with coupled weight decay, as the reference's torch optimizers)
+and the non-finite-loss error. The callbacks live in `checkpoints.py`, the loop in `run.py`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import keras
 import tensorflow as tf
 
 from av_disentangle.config import TrainConfig  # noqa: F401 (defined TF-free there)
-from av_disentangle.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +154,6 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-UsageError = UserError
-"""The older name of `av_disentangle.errors.UserError` (bad flags or input data: one line, exit
-2): one class, so `except UsageError` also catches `MediaError`, `LabelledDataError`, ..."""
 
 
 class NonFiniteLoss(RuntimeError):

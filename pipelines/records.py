@@ -14,7 +14,7 @@ One `tf.train.Example` per face track (or per chunk of one, see "Chunks" below):
 | `av_offset_frames` | int64           | audio-video offset that was APPLIED during preparation         |
 | `track_id`         | bytes           | unique track id, e.g. `id00017/01dfn2spqyE/00001`              |
 | `video_id`         | bytes           | the video the track came from                                  |
-| `identity`         | bytes           | identity label if known (metadata only, never used in training)|
+| `identity`         | bytes           | identity label if known (unused by self-supervised training; read by supervised training and evaluation) |
 | `source_path`      | bytes           | the file it was decoded from                                   |
 | `chunk_index`      | int64, optional | which chunk of its track this record is (0 when absent)        |
 | `num_chunks`       | int64, optional | chunks of its track (1 when absent: the record is whole)       |

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from av_disentangle import checkpoints  # noqa: E402
+from av_disentangle import checkpoints, files  # noqa: E402
 
 
 class _Sleep(keras.callbacks.Callback):
@@ -34,7 +34,7 @@ def main() -> int:
     model_dir, epochs, steps_per_epoch, every = sys.argv[1], *map(int, sys.argv[2:5])
     sleep = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     checkpoints.prepare_run_dir(model_dir)
-    checkpoints.write_json_atomic(os.path.join(model_dir, "config.json"),
+    files.write_json_atomic(os.path.join(model_dir, "config.json"),
                                   {"epochs": epochs, "steps_per_epoch": steps_per_epoch},
                                   fault="config")
     keras.utils.set_random_seed(0)

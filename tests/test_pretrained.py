@@ -22,7 +22,7 @@ from av_disentangle.model import DisentangleModel
 from av_disentangle.pretrained import check_init_from, load_streams
 from av_disentangle.supervised import build_supervised_model
 from av_disentangle.supervised_config import SupervisedConfig
-from av_disentangle.training import UsageError
+from av_disentangle.errors import UserError
 from conftest import REPO_ROOT, run_script, write_random_shard
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -38,7 +38,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def test_a_reference_checkpoint_needs_the_reference_conventions(checkpoint):
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(UserError) as err:
         check_init_from(checkpoint, ModelConfig.reference())
     message = str(err.value)
     assert "\n" not in message and "its --model_size was syncnet_trainer" in message

@@ -18,7 +18,7 @@ from av_disentangle.model import DisentangleModel
 from av_disentangle.supervised import build_supervised_model, check_init_from, stream_parts
 from av_disentangle.supervised_config import (HEAD_NAMES, SupervisedConfig, add_supervised_flags,
                                               supervised_config_from_flags)
-from av_disentangle.training import UsageError
+from av_disentangle.errors import UserError
 from pipelines import labelled, records
 from conftest import REPO_ROOT, write_random_shard
 
@@ -200,14 +200,14 @@ def test_tfrecord_identity_as_labels(tmp_path):
 # === Bad input: one clear message each ===
 def test_one_speaker_is_an_error(tmp_path):
     root = _copy_speakers(tmp_path, {_libri_speakers()[0]: 3})
-    with pytest.raises(UsageError, match="1 speaker .*at least 2"):
+    with pytest.raises(UserError, match="1 speaker .*at least 2"):
         labelled.load_labelled_audio(root)
 
 
 def test_too_few_utterances_names_the_speakers(tmp_path):
     s = _libri_speakers()
     root = _copy_speakers(tmp_path, {s[0]: 3, s[1]: 1, s[2]: 2})
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(UserError) as e:
         labelled.load_labelled_audio(root, labels_per_speaker=3)
     msg = str(e.value)
     assert f"{s[1]} (1)" in msg and f"{s[2]} (2)" in msg and f"{s[0]} (" not in msg
@@ -218,16 +218,16 @@ def test_unreadable_audio_names_the_file(tmp_path):
     s = _libri_speakers()
     root = _copy_speakers(tmp_path, {s[0]: 1, s[1]: 1})
     (tmp_path / s[1] / "ch" / "broken.wav").write_bytes(b"RIFF not really a wav file")
-    with pytest.raises(UsageError, match=r"1 of 3 .*broken\.wav: corrupt"):
+    with pytest.raises(UserError, match=r"1 of 3 .*broken\.wav: corrupt"):
         labelled.load_labelled_audio(root)
 
 
 def test_missing_folder_and_unlabelled_records(tmp_path):
-    with pytest.raises(UsageError, match="neither a folder nor TFRecords"):
+    with pytest.raises(UserError, match="neither a folder nor TFRecords"):
         labelled.load_labelled_audio(str(tmp_path / "nope"))
-    with pytest.raises(UsageError, match="no .* files in speaker folders"):
+    with pytest.raises(UserError, match="no .* files in speaker folders"):
         labelled.load_labelled_audio(str(tmp_path))
-    with pytest.raises(UsageError, match="--num_speakers 9, but .* only 2"):
+    with pytest.raises(UserError, match="--num_speakers 9, but .* only 2"):
         labelled.load_labelled_audio(_copy_speakers(tmp_path, {s: 1 for s in
                                                                _libri_speakers()[:2]}),
                                      num_speakers=9)
@@ -235,7 +235,7 @@ def test_missing_folder_and_unlabelled_records(tmp_path):
         audio = np.zeros(30 * 640, np.int16)
         w.write(records.encode_track(records.Track(np.zeros((30, 8, 8, 3), np.uint8), audio,
                                                    track_id="t0")))
-    with pytest.raises(UsageError, match="1 of 1 tracks .* empty `identity`"):
+    with pytest.raises(UserError, match="1 of 1 tracks .* empty `identity`"):
         labelled.load_labelled_audio(str(tmp_path / "x.tfrecord"))
 
 
@@ -301,17 +301,17 @@ def test_init_from_other_model_size_names_the_mismatch(tmp_path):
     (run / "checkpoints" / "epoch-001.weights.h5").write_bytes(b"")  # never read
     with open(run / "config.json", "w") as f:
         json.dump({"flags": {"model_size": "small"}, "model": to_dict(small)}, f)
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(UserError) as e:
         check_init_from(str(run), TINY)
     msg = str(e.value)
     assert "--model_size was small" in msg and "trunk_dim: pretrained 64 vs this run 16" in msg
     with open(run / "config.json", "w") as f:  # a supervised run is not a pretrained run
         json.dump({"model": to_dict(TINY), "supervised": to_dict(SupervisedConfig())}, f)
-    with pytest.raises(UsageError, match="is a supervised run"):
+    with pytest.raises(UserError, match="is a supervised run"):
         check_init_from(str(run), TINY)
-    with pytest.raises(UsageError, match="no per-epoch weights"):
+    with pytest.raises(UserError, match="no per-epoch weights"):
         check_init_from(str(tmp_path), TINY)
-    with pytest.raises(UsageError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         check_init_from(str(tmp_path / "nope"), TINY)
 
 
