@@ -10,7 +10,9 @@ should be another person; DESIGN.md "Negatives"):
            model ignores them)
 The second window never overlaps the first when the track has F >= 2T frames (the voice for
 the identity term comes from another time, DESIGN.md "Windows"); for T <= F < 2T it is a
-different start. Both windows are spread evenly over the starts that allow this
+different start. In a track joined from several recordings (`segment_frames`: a Speech Commands
+speaker's clips) the two windows share no recording whenever the track allows
+(`disjoint_recording_starts`). Both windows are spread evenly over the starts that allow this
 (`window_starts`). Windows are drawn with stateless RNG seeded by (seed, element index), so
 a seeded pipeline is deterministic regardless of parallelism.
 
@@ -292,6 +294,44 @@ def window_starts(num_frames: tf.Tensor, window: int, seed_1,
     return start(index_1), start(index_2)
 
 
+def disjoint_recording_starts(segment_frames: tf.Tensor, num_frames: tf.Tensor, window: int,
+                              seed, start_1: tf.Tensor,
+                              start_2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Window starts that share no recording, for a track joined from several (`segment_frames`
+    (K,) int64, the frames of each, `records.Track.segment_frames`).
+
+    Among all ordered pairs of window starts (s1, s2) whose windows cover disjoint sets of
+    recordings, one is drawn uniformly (stateless `seed` (2,), or fresh randomness for None).
+    Tracks of one recording (K <= 1), and joined tracks where no such pair exists (e.g. two
+    recordings and windows longer than either: both must straddle the join), keep `(start_1,
+    start_2)` (`window_starts`: non-overlapping where the length allows). O(N^2) in the
+    N = F - T + 1 starts, computed only for joined tracks (76^2 pairs for 3 s at T = 25).
+
+    Returns:
+      (start_1, start_2), int64 scalars in [0, F - T].
+    """
+    segments = tf.cast(segment_frames, tf.int64)
+
+    def pick():
+        n = tf.cast(num_frames, tf.int64) - window + 1
+        starts = tf.range(n, dtype=tf.int64)
+        ends = tf.cumsum(segments)  # exclusive end frame of each recording
+        first = tf.searchsorted(ends, starts, side="right", out_type=tf.int64)
+        last = tf.searchsorted(ends, starts + window - 1, side="right", out_type=tf.int64)
+        disjoint = (last[:, None] < first[None, :]) | (last[None, :] < first[:, None])
+        flat = tf.cast(tf.reshape(disjoint, [-1]), tf.int64)
+        count = tf.reduce_sum(flat)
+
+        def choose():
+            k = _uniform_int(seed, count)
+            index = tf.argmax(tf.cast(tf.cumsum(flat) > k, tf.int64), output_type=tf.int64)
+            return index // n, index % n
+
+        return tf.cond(count > 0, choose, lambda: (start_1, start_2))
+
+    return tf.cond(tf.size(segments) > 1, pick, lambda: (start_1, start_2))
+
+
 def fixed_windows(frames: np.ndarray, audio: np.ndarray,
                   window: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """The deterministic evaluation windows of one track: non-overlapping, from frame 0.
@@ -336,6 +376,10 @@ def make_example_fn(config: InputConfig):
             seed_1 = tf.stack([tf.constant(config.seed, tf.int64), 2 * index])
             seed_2 = tf.stack([tf.constant(config.seed, tf.int64), 2 * index + 1])
         start_1, start_2 = window_starts(ex["num_frames"], window, seed_1, seed_2)
+        seed_3 = None if config.seed is None else tf.stack(
+            [tf.constant(config.seed, tf.int64), -1 - index])  # seeds 1, 2 use >= 0
+        start_1, start_2 = disjoint_recording_starts(ex["segment_frames"], ex["num_frames"],
+                                                     window, seed_3, start_1, start_2)
         audio = records.decode_audio(ex["audio"])
         audio_1 = tf.ensure_shape(audio[window_slices(start_1, window)[1]], [samples])
         audio_2 = tf.ensure_shape(audio[window_slices(start_2, window)[1]], [samples])

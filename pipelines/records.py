@@ -19,6 +19,7 @@ One `tf.train.Example` per face track (or per chunk of one, see "Chunks" below):
 | `chunk_index`      | int64, optional | which chunk of its track this record is (0 when absent)        |
 | `num_chunks`       | int64, optional | chunks of its track (1 when absent: the record is whole)       |
 | `chunk_start_frame`| int64, optional | the chunk's first frame in its track (0 when absent)           |
+| `segment_frames`   | int64 list, optional | frames of each recording joined in the track (absent: one) |
 
 Chunks (`pipelines.prepare --chunk_seconds`, data format version 2): a long track is stored as
 `num_chunks` records of consecutive frames, each carrying its own frames and the audio of
@@ -76,6 +77,10 @@ class Track:
       chunk_index, num_chunks, chunk_start_frame: this is chunk `chunk_index` of
         `num_chunks` of its track, starting at the track's frame `chunk_start_frame`
         (0, 1, 0: a whole track).
+      segment_frames: for a track joined from several recordings (a Speech Commands
+        speaker's clips, `pipelines.voices`), the frame count of each, in order (summing to
+        F); () for one recording. The input pipeline then takes the identity term's two
+        windows from different recordings where the track allows.
     """
 
     frames: np.ndarray
@@ -88,6 +93,7 @@ class Track:
     chunk_index: int = 0
     num_chunks: int = 1
     chunk_start_frame: int = 0
+    segment_frames: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
@@ -99,6 +105,12 @@ class Track:
         if self.audio.shape[0] != self.frames.shape[0] * SAMPLES_PER_FRAME:
             raise ValueError(f"track {self.track_id}: audio has {self.audio.shape[0]} samples, "
                              f"expected {self.frames.shape[0]} frames x {SAMPLES_PER_FRAME}")
+        if self.segment_frames and (sum(self.segment_frames) != self.frames.shape[0]
+                                    or min(self.segment_frames) < 1):
+            raise ValueError(f"track {self.track_id}: segment_frames {self.segment_frames} must "
+                             f"be positive and sum to its {self.frames.shape[0]} frames")
+        if self.segment_frames and self.num_chunks > 1:
+            raise ValueError(f"track {self.track_id}: a chunk cannot carry segment_frames")
 
 
 def _bytes(values: list[bytes]) -> tf.train.Feature:
@@ -139,6 +151,9 @@ def encode_track(track: Track, jpeg_quality: int = 90) -> bytes:
         feature["chunk_index"] = _int(track.chunk_index)
         feature["num_chunks"] = _int(track.num_chunks)
         feature["chunk_start_frame"] = _int(track.chunk_start_frame)
+    if len(track.segment_frames) > 1:  # tracks of one recording stay byte-identical
+        feature["segment_frames"] = tf.train.Feature(
+            int64_list=tf.train.Int64List(value=[int(n) for n in track.segment_frames]))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)  # byte-reproducible shards
 
@@ -160,6 +175,7 @@ FEATURE_SPEC = {
     "chunk_index": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "num_chunks": tf.io.FixedLenFeature([], tf.int64, default_value=1),
     "chunk_start_frame": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "segment_frames": tf.io.VarLenFeature(tf.int64),
 }
 
 
@@ -167,6 +183,7 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """Parses one serialized Example. Frames stay JPEG-encoded: `frames` is (F,) tf.string."""
     parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
     parsed["frames"] = tf.sparse.to_dense(parsed["frames"], default_value=b"")
+    parsed["segment_frames"] = tf.sparse.to_dense(parsed["segment_frames"])  # (K,), K may be 0
     return parsed
 
 
@@ -215,7 +232,7 @@ def split_track(track: Track, chunk_frames: int) -> list[Track]:
         frame_slice, audio_slice = window_slices(start, stop - start)
         chunks.append(dataclasses.replace(
             track, frames=track.frames[frame_slice], audio=track.audio[audio_slice],
-            chunk_index=i, num_chunks=len(bounds), chunk_start_frame=start))
+            chunk_index=i, num_chunks=len(bounds), chunk_start_frame=start, segment_frames=()))
     return chunks
 
 

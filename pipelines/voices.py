@@ -34,9 +34,11 @@ Tracks: a LibriSpeech utterance is cut into consecutive tracks. Speech Commands 
 second long, so a speaker's clips are joined, whole, in an order seeded by `(seed, speaker)`,
 into tracks of at most `track_seconds` (one track holds several words of one person; a clip is
 never split across tracks). Each clip's mouth is driven by its own audio relative to its own
-loud frames, as an utterance's is. All tracks of a Speech Commands speaker share the video id
-`<spk>` (so two of them are never negatives of each other in one batch, as the tracks of one
-LibriSpeech utterance are not).
+loud frames, as an utterance's is. The record keeps each clip's frame count
+(`records.Track.segment_frames`), so the input pipeline takes the identity term's two windows
+from different clips where the track allows. All tracks of a Speech Commands speaker share
+the video id `<spk>` (so two of them are never negatives of each other in one batch, as the
+tracks of one LibriSpeech utterance are not).
 
 Output: the ordinary TFRecord shards of `pipelines.records` (track identity = speaker id) and a
 `manifest.json` with the split, each speaker's face parameters and, per track, its speaker,
@@ -417,7 +419,9 @@ def generate_track(config: VoicesConfig, plan: TrackPlan) -> tuple[records.Track
     track = records.Track(frames=frames, audio=track_audio.astype(np.int16),
                           track_id=plan.track_id, video_id=plan.video_id,
                           identity=speaker, source_path=plan.utterance.path,
-                          av_offset_frames=0)
+                          av_offset_frames=0,
+                          segment_frames=tuple(s.num_frames for s in plan.segments)
+                          if plan.joined and len(plan.segments) > 1 else ())
     return track, drivers
 
 

@@ -184,3 +184,49 @@ def test_both_windows_cover_every_possible_start_evenly(window):
             # 60 expected per start: a uniform draw stays within [25, 110] (> 4.5 sigma)
             assert counts[sorted(possible)].min() >= 25, (frames, w, counts)
             assert counts.max() <= 110, (frames, w, counts)
+
+
+def test_identity_windows_of_a_joined_track_come_from_different_recordings(tmp_path):
+    """A track joined from recordings (`segment_frames`, as the Speech Commands world writes)
+    gives the identity term a window of another recording whenever one exists; a track of one
+    recording and a join that no window pair can split keep the plain non-overlapping draw."""
+    path = str(tmp_path / "joined.tfrecord")
+    cases = {  # track -> segment_frames (F = sum); windows of T = 10 frames
+        "t0": (12, 11, 13, 10),   # 46 frames, 4 clips: disjoint pairs exist
+        "t1": (25, 25),           # 50 frames: window 1 in clip 0, window 2 in clip 1 or back
+        "t2": (6, 6),             # 12 frames: every window straddles the join: fallback
+        "t3": (),                 # one recording, 40 frames
+    }
+    bounds = {}
+    with tf.io.TFRecordWriter(path) as writer:
+        for t, (name, segments) in enumerate(cases.items()):
+            frames = sum(segments) or 40
+            video = np.zeros((frames, 16, 16, 3), np.uint8)
+            audio = np.repeat((t * 1000 + np.arange(frames)).astype(np.int16), 640)
+            writer.write(records.encode_track(records.Track(
+                video, audio, track_id=name, video_id=name, segment_frames=segments)))
+            bounds[t] = np.cumsum(segments) if segments else np.array([frames])
+    parsed = records.read_tracks(path)
+    assert [list(p["segment_frames"]) for p in parsed] == [list(s) for s in cases.values()]
+
+    ds = make_dataset(InputConfig(path, batch_tracks=4, window_frames=10, face_size=16, seed=5,
+                                  distinct_videos=False))
+    seen = {t: 0 for t in range(4)}
+    for batch in ds.take(30):
+        audio = np.round(batch[AUDIO].numpy() * 32768).astype(int)
+        audio_2 = np.round(batch[AUDIO_2].numpy() * 32768).astype(int)
+        for b in range(4):
+            t = audio[b, 0] // 1000
+            s1, s2 = audio[b, 0] % 1000, audio_2[b, 0] % 1000
+            clips_1 = set(np.searchsorted(bounds[t], [s1, s1 + 9], side="right"))
+            clips_2 = set(np.searchsorted(bounds[t], [s2, s2 + 9], side="right"))
+            span_1 = set(range(min(clips_1), max(clips_1) + 1))
+            span_2 = set(range(min(clips_2), max(clips_2) + 1))
+            if t in (0, 1):
+                assert not span_1 & span_2, (cases, t, s1, s2)
+            elif t == 2:
+                assert s1 != s2  # fallback: a different start (T <= F < 2T)
+            else:
+                assert abs(s1 - s2) >= 10
+            seen[t] += 1
+    assert min(seen.values()) == 30

@@ -273,6 +273,13 @@ def test_a_mixed_world_keeps_held_out_speakers_of_both_corpora_out_of_training(t
     assert ids["train"] == set(split["train"]) and ids["holdout"] == set(split["holdout"])
     joined = [t for t in train_m["tracks"] if "segments" in t]
     assert joined and all(len(t["words"]) == len(t["segments"]) for t in joined)
+    # Each record of joined clips says where its clips are (the input's identity windows).
+    by_id = {item["track_id"].decode(): list(item["segment_frames"])
+             for path in glob.glob(os.path.join(out, "train", "shard-*.tfrecord"))
+             for item in records.read_tracks(path)}
+    for t in train_m["tracks"]:
+        expected = [s["num_frames"] for s in t.get("segments", [])]
+        assert by_id[t["track_id"]] == (expected if len(expected) > 1 else [])
     assert all(t["source"].startswith(t["speaker"] + "/") for t in joined)
     assert any(t["speaker"] in voices.list_utterances(SUBSET) for t in train_m["tracks"])
     assert train_m["voices_dir"] == f"{SUBSET},{SPEECH_COMMANDS}"
