@@ -421,7 +421,7 @@ def generate_track(config: VoicesConfig, plan: TrackPlan) -> tuple[records.Track
                           identity=speaker, source_path=plan.utterance.path,
                           av_offset_frames=0,
                           segment_frames=tuple(s.num_frames for s in plan.segments)
-                          if plan.joined and len(plan.segments) > 1 else ())
+                          if len(plan.segments) > 1 else ())
     return track, drivers
 
 

@@ -128,21 +128,16 @@ def make_content_trials(root: str | os.PathLike, out_path: str | os.PathLike,
     hard: list[str] = []
     counts = Counter()
     for (s1, w1, p1), (s2, w2, p2) in itertools.combinations(clips, 2):
-        if s1 == s2:
-            if w1 == w2:
-                counts["skipped_same_word_targets"] += 1
-                continue
-            counts["target"] += 1
-            line = f"1 {p1} {p2}\n"
-            hard.append(line)
-        elif w1 == w2:
-            counts["nontarget_same_word"] += 1
-            line = f"0 {p1} {p2}\n"
-            hard.append(line)
-        else:
-            counts["nontarget_different_word"] += 1
-            line = f"0 {p1} {p2}\n"
+        if s1 == s2 and w1 == w2:
+            counts["skipped_same_word_targets"] += 1
+            continue
+        kind = ("target" if s1 == s2 else
+                "nontarget_same_word" if w1 == w2 else "nontarget_different_word")
+        counts[kind] += 1
+        line = f"{int(s1 == s2)} {p1} {p2}\n"
         everything.append(line)
+        if kind != "nontarget_different_word":
+            hard.append(line)
     if not counts["target"] or not counts["nontarget_same_word"]:
         raise EvaluationError(
             f"{root}: content-controlled trials need a speaker with two different words and "
