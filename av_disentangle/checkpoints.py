@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -101,21 +100,6 @@ def prepare_run_dir(model_dir: str) -> None:
             files.remove_stale_temps(folder)
 
 
-def read_json(path: str) -> dict | None:
-    """The JSON object in `path` (local or remote), None if missing; ValueError naming the file
-    if damaged."""
-    if not tf.io.gfile.exists(path):
-        return None
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f"{path} is damaged ({getattr(e, 'message', None) or e})") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} is damaged (not a JSON object)")
-    return value
-
-
 # === Backup and restore ===
 @dataclasses.dataclass(frozen=True)
 class Generation:
@@ -167,7 +151,7 @@ class CrashSafeBackup(keras.callbacks.Callback):
     def _candidates(self) -> list[Generation]:
         """Generations to try, newest first: from the metadata, else from the folder."""
         try:
-            meta = read_json(self.metadata_path)
+            meta = files.read_json(self.metadata_path, missing_ok=True)
         except ValueError as e:
             log.warning("%s; looking for backups by file name", e)
             meta = None
@@ -389,7 +373,7 @@ def resumable_fit(model: keras.Model, make_dataset: Callable[[int], tf.data.Data
 def read_export_record(model_dir: str) -> dict | None:
     """`<model_dir>/export.json`: the last export's folder, step and weights checksum."""
     try:
-        return read_json(os.path.join(model_dir, "export.json"))
+        return files.read_json(os.path.join(model_dir, "export.json"), missing_ok=True)
     except ValueError as e:
         log.warning("%s; it will be rewritten", e)
         return None

@@ -53,5 +53,10 @@ TRACK_ID = "track_id"
 VIDEO_ID = "video_id"
 """(B,) string: the video of each row (only with `InputConfig.include_ids`)."""
 
+# Keys of a labelled batch (`pipelines.labelled.make_labelled_dataset` ->
+# `SpeakerClassifier.train_step`); the audio key is AUDIO above, a (B, S) float32 crop.
+LABEL = "label"
+"""(B,) int32: the speaker index of each labelled crop."""
+
 assert SAMPLE_RATE == int(VIDEO_FPS) * SAMPLES_PER_FRAME
 assert SAMPLES_PER_FRAME % MEL_HOP_SAMPLES == 0

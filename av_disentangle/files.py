@@ -229,6 +229,39 @@ def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2,
     write_atomic_with(path, write, fault=fault)
 
 
+def read_json(path: PathLike, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The JSON object in `path`, local or remote (through `tf.io.gfile`, imported only then).
+
+    The one reader of the JSON files written as state (configs, manifests, sidecars, records of
+    a run); callers word the error for their flag or file.
+
+    Returns:
+      The object; None if `missing_ok` and there is no file at `path`.
+    Raises:
+      FileNotFoundError: no file at `path` (unless `missing_ok`).
+      ValueError: "PATH: ..." when it cannot be read, is not JSON, or is not a JSON object.
+    """
+    path = str(path)
+    if is_remote(path):
+        import tensorflow as tf
+
+        exists, errors = tf.io.gfile.exists(path), (OSError, ValueError, tf.errors.OpError)
+    else:
+        exists, errors = os.path.isfile(path), (OSError, ValueError)
+    if not exists:
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with _open(path, "r") as f:
+            value = json.load(f)
+    except errors as e:
+        raise ValueError(f"{path}: {getattr(e, 'message', None) or e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return value
+
+
 def remove_stale_temps(folder: PathLike) -> list[str]:
     """Removes the temp files (and temp folders) a killed writer left in `folder` (local; one
     writer per folder); returns their paths."""

@@ -22,8 +22,10 @@ from typing import Any, Sequence
 from av_disentangle.config import (FRONT_ENDS, MODEL_SIZES, RECIPES, HelpFormatter,
                                    LossConfig, ModelConfig, TrainConfig, add_flags,
                                    check_choice, field, from_flags, to_dict)
+from av_disentangle.files import read_json
 from av_disentangle.logs import native_stderr_silenced
 from av_disentangle.supervised_config import SupervisedConfig
+from pipelines.data_service import DataServiceError, host_port  # TF-free
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTIVES: tuple[str, ...] = ("self_supervised", "supervised")
@@ -125,8 +127,6 @@ class RunConfig:
             check_choice(self, name)
         parse_profile_steps(self.profile_steps)
         if self.data_service is not None:
-            from pipelines.data_service import DataServiceError, host_port  # TF-free
-
             try:
                 host_port(self.data_service)
             except DataServiceError as e:
@@ -189,29 +189,17 @@ class _ConfigValueError(Exception):
     pass
 
 
-def _read_json(path: str) -> Any:
-    """The JSON value in `path` (local or remote). ValueError naming the file."""
-    try:
-        if "://" in path:  # only a remote --config needs TensorFlow's file systems
-            with native_stderr_silenced(not logging.getLogger().isEnabledFor(logging.DEBUG)):
-                import tensorflow as tf
-
-            with tf.io.gfile.GFile(path) as f:
-                return json.load(f)
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"cannot read --config {path}: {e}")
-    except Exception as e:  # OSError, or tf.errors.NotFoundError for a remote path
-        raise ValueError(f"cannot read --config {path}: {getattr(e, 'message', None) or e}")
-
-
 def config_file_values(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The values of a `--config` JSON file, checked exactly as the same flags on the command
     line (argparse's own `type` and `choices`). ValueError naming the file and the key."""
-    values = _read_json(path)
-    if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a JSON object of flag names and values")
+    try:
+        if "://" in path:  # a remote --config: TensorFlow's file systems, start-up lines hidden
+            with native_stderr_silenced(not logging.getLogger().isEnabledFor(logging.DEBUG)):
+                import tensorflow  # noqa: F401
+        values = read_json(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"cannot read --config {e} (expected a JSON object of flag names and "
+                         "values)")
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     unknown = sorted(set(values) - set(actions) | ({"config", "help"} & set(values)))
     if unknown:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import logging
 import os
 from typing import Any
@@ -33,6 +32,7 @@ from av_disentangle.config import LossConfig, ModelConfig, from_dict, to_dict
 from av_disentangle.convert import CHECKPOINT_ENDINGS, ConvertError
 from av_disentangle.model import DisentangleModel
 from av_disentangle.errors import UserError
+from av_disentangle.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ class PretrainedSource:
 
 
 def _read_json(path: str) -> dict[str, Any]:
+    """`files.read_json`, its error worded for the flag."""
     try:
-        with tf.io.gfile.GFile(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError, tf.errors.OpError) as e:
-        raise UserError(f"--init_from: cannot read {path}: {e}") from e
+        return read_json(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--init_from: cannot read {e}") from e
 
 
 def _epoch_number(path: str) -> int:

@@ -29,12 +29,22 @@ import tensorflow as tf
 
 from av_disentangle import checkpoints, compat, errors, files
 from av_disentangle.config import LEGACY_MODEL_VALUES, SGD_RECIPE, ModelConfig
-from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
 from av_disentangle.errors import UserError
+from av_disentangle.export import export_saved_model, next_version_dir
+from av_disentangle.flags import REPO_ROOT, Settings, parse_profile_steps, settings_record
+from av_disentangle.model import DisentangleModel
 from av_disentangle.pretrained import check_init_from, load_streams
+from av_disentangle.summaries import ScalarLogger
+from av_disentangle.supervised import build_supervised_model
 from av_disentangle.training import (NonFiniteLoss, choose_mixed_precision, cpu_flags,
                                      is_chief, make_optimizer, make_strategy,
                                      worker_index)
+from pipelines.data_service import check_dispatcher, dataset_key, distribute
+from pipelines.input import (InputConfig, check_one_copy_of_each_track, check_stored_face_size,
+                             list_shards, make_dataset, shard_by_data)
+from pipelines.labelled import load_labelled_audio, make_labelled_dataset
+from pipelines.prepare import prepare_bundled_samples
+from pipelines.shard_check import check_shards
 
 log = logging.getLogger("train")
 
@@ -99,11 +109,9 @@ def check_model_dir(model_dir: str, resolved: dict) -> None:
     config_path = os.path.join(model_dir, "config.json")
     if tf.io.gfile.exists(config_path) and not tf.io.gfile.isdir(config_path):
         try:
-            with tf.io.gfile.GFile(config_path) as f:
-                stored = json.load(f)
-        except (tf.errors.OpError, ValueError) as e:
-            raise ValueError(f"cannot read {config_path} ({getattr(e, 'message', e)}); fix or "
-                             "remove it, or pass another --model_dir")
+            stored = files.read_json(config_path)
+        except ValueError as e:
+            raise ValueError(f"cannot read {e}; fix or remove it, or pass another --model_dir")
         diffs = config_differences(stored, resolved)
         if diffs and not trained_anything(model_dir):
             log.info("%s holds a run that never completed a step; starting it again with the "
@@ -154,7 +162,6 @@ def check_export_target(run: Any, model_dir: str) -> None:
 
 def default_train_data(face_size: int) -> str:
     """Prepares the bundled sample videos on first use; returns their TFRecord glob."""
-    from pipelines.prepare import prepare_bundled_samples
 
     out = os.path.join(REPO_ROOT, "data", "prepared", f"samples_{face_size}")
     log.info("preparing the bundled sample videos into %s (first use only)", out)
@@ -167,8 +174,6 @@ def default_train_data(face_size: int) -> str:
 def checked_shards(pattern: str, flag: str, skip_bad: bool, full: bool) -> str:
     """Validates the shards of `pattern`; returns the pattern to train on (comma-separated
     good files when bad ones are skipped). ValueError naming a bad file."""
-    from av_disentangle.shard_check import check_shards
-    from pipelines.input import check_one_copy_of_each_track, list_shards
 
     found = list_shards(pattern)
     check_one_copy_of_each_track(found)
@@ -195,7 +200,6 @@ def load_supervised(settings: Settings):
     """`--objective supervised`: (the LabelledAudio with the label budget drawn and the audio
     decoded, the `--init_from` source checked against this model config or None). Raises
     ValueError / UserError with a one-line message; writes nothing."""
-    from pipelines.labelled import load_labelled_audio
 
     config = settings.supervised
     if not config.labelled_audio:
@@ -237,7 +241,7 @@ def resolve_mixed_precision(settings: Settings) -> tuple[Settings, str]:
     model_dir = settings.run.model_dir
     if requested == "auto" and trained_anything(model_dir):
         try:
-            record = checkpoints.read_json(os.path.join(model_dir, "config.json")) or {}
+            record = files.read_json(os.path.join(model_dir, "config.json"), missing_ok=True) or {}
         except ValueError:
             record = {}  # check_model_dir names the damaged file
         stored = (record.get("flags") or {}).get("mixed_precision", "none") if record else None
@@ -276,7 +280,6 @@ def prepare(settings: Settings) -> Plan:
         val_files = run.val_data and checked_shards(run.val_data, "--val_data",
                                                     run.skip_bad_shards, run.full_shard_check)
         if not run.allow_upsampling:
-            from pipelines.input import check_stored_face_size, list_shards
 
             for pattern in (train_files, val_files or None):
                 if pattern:
@@ -289,7 +292,6 @@ def prepare(settings: Settings) -> Plan:
 def check_data_service(address: str) -> None:
     """A tf.data service dispatcher answers at `address` (DataServiceError, one line, if
     not); logs its workers, and warns when none has registered yet (training would wait)."""
-    from pipelines.data_service import check_dispatcher
 
     workers = check_dispatcher(address)
     if workers:
@@ -318,12 +320,10 @@ def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras
              "gathered across replicas" if settings.loss.gather_negatives else "per replica")
     with strategy.scope():
         if plan.labelled is not None:
-            from av_disentangle.supervised import build_supervised_model
 
             model = build_supervised_model(settings.model, settings.supervised,
                                            plan.labelled.num_classes, plan.init_source)
         else:
-            from av_disentangle.model import DisentangleModel
 
             model = DisentangleModel(settings.model, settings.loss)
             if plan.init_source is not None:
@@ -339,13 +339,11 @@ def dataset_maker(settings: Settings, plan: Plan, pattern: str | None,
     draws a new deterministic sequence of windows (seed + start step) instead of replaying the
     windows the first steps already trained on. With `data_service` (a dispatcher address) the
     same pipeline runs on the tf.data service's workers (`pipelines.data_service`)."""
-    from pipelines.input import InputConfig, make_dataset, shard_by_data
 
     train = settings.train
 
     def dataset(step: int) -> tf.data.Dataset:
         if plan.labelled is not None:
-            from pipelines.labelled import make_labelled_dataset
 
             return shard_by_data(make_labelled_dataset(
                 plan.labelled, batch_size=train.batch_tracks,
@@ -356,7 +354,6 @@ def dataset_maker(settings: Settings, plan: Plan, pattern: str | None,
                              all_chunks_per_pass=settings.run.all_chunks_per_pass,
                              allow_upsampling=settings.run.allow_upsampling)
         if data_service:
-            from pipelines.data_service import dataset_key, distribute
 
             return distribute(make_dataset(config), data_service,
                               dataset_key(config, absolute(settings.run.model_dir)))
@@ -413,7 +410,6 @@ def make_callbacks(model_dir: str, backup: checkpoints.CrashSafeBackup, *, chief
                    profile_steps: tuple[int, int] | None) -> list[keras.callbacks.Callback]:
     """NaN stop, per-epoch checkpoints and TensorBoard scalars (chief), and the backup, last:
     an epoch's checkpoint and logs are written before its backup."""
-    from av_disentangle.summaries import ScalarLogger
 
     callbacks = [StopOnNonFinite()]
     if chief:
@@ -432,8 +428,6 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
     (UserError naming the shard, found by checking `shard_patterns`), a NaN/Inf loss
     (NonFiniteLoss), and training input (`train_pattern`) that runs out (UserError).
     Returns the step reached."""
-    from av_disentangle.shard_check import check_shards
-    from pipelines.input import list_shards
 
     try:
         with warnings.catch_warnings():
@@ -481,7 +475,6 @@ def export(model: keras.Model, model_config: ModelConfig, *, model_dir: str, ste
     already exported are not exported again, and an export a kill interrupted is finished in
     the folder it was given. `export_dir` None: `<export_root>/<export_name>/<next version>`.
     """
-    from av_disentangle.export import export_saved_model, next_version_dir
 
     record = checkpoints.read_export_record(model_dir)
     wanted = absolute(export_dir) if export_dir else None

@@ -33,19 +33,14 @@ import tensorflow as tf
 
 from av_disentangle import losses
 from av_disentangle.config import ModelConfig
+from av_disentangle.constants import AUDIO, LABEL
 from av_disentangle.heads import make_head
 from av_disentangle.model import TrackedModel
-# init_from lives in pretrained.py (both objectives use it); its names stay importable here.
 from av_disentangle.pretrained import PretrainedSource, check_init_from, load_streams
-from av_disentangle.pretrained import check_model_config, resolve_init_from  # noqa: F401
 from av_disentangle.streams import CONTENT, IDENTITY, build_audio_stream, build_face_stream
-from av_disentangle.supervised_config import SupervisedConfig  # noqa: F401 (re-exported)
+from av_disentangle.supervised_config import SupervisedConfig
 
 log = logging.getLogger(__name__)
-
-# Keys of a labelled batch (pipelines/labelled.py).
-AUDIO = "audio"  # (B, S) float32
-LABEL = "label"  # (B,) int32
 
 METRIC_NAMES = ("loss", "accuracy")
 

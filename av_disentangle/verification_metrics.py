@@ -32,6 +32,12 @@ import numpy as np
 __all__ = ["compute_eer", "compute_min_dcf", "det_curve", "cosine_pair_scores"]
 
 
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of (..., D) scaled to unit length (a zero row stays zero): the one numpy L2
+    normalisation of the evaluation code (in graphs: `tf.math.l2_normalize`)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def _validate(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[int]
               ) -> tuple[np.ndarray, np.ndarray]:
     """Checks and converts inputs to (float64 scores (n,), bool labels (n,))."""
@@ -185,8 +191,7 @@ def cosine_pair_scores(emb1: np.ndarray, emb2: np.ndarray, idx1: np.ndarray | No
         costs O(N+M) per pair instead of O(N*M).
     """
     def _unit_mean(e: np.ndarray) -> np.ndarray:
-        e = np.asarray(e, dtype=np.float32)
-        e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        e = l2_normalise(np.asarray(e, dtype=np.float32))
         return e.mean(axis=1) if e.ndim == 3 else e
 
     a, b = _unit_mean(emb1), _unit_mean(emb2)

@@ -85,7 +85,7 @@ from av_disentangle.flags import Settings, parse_flags, resolve_settings  # noqa
 from av_disentangle.model import DisentangleModel  # noqa: E402
 from av_disentangle.training import choose_mixed_precision, cpu_flags  # noqa: E402
 from av_disentangle.verification_metrics import compute_eer, cosine_pair_scores  # noqa: E402
-from pipelines import records, synthetic  # noqa: E402
+from pipelines import drawn_faces, records, synthetic  # noqa: E402
 from pipelines.input import InputConfig, make_dataset  # noqa: E402
 
 
@@ -169,7 +169,7 @@ def make_world(workdir: str, preset: Preset, seed: int = 0,
             with open(manifest) as fh:
                 stored = json.load(fh)
             cached = (stored.get("config") == dataclasses.asdict(cfg) and
-                      stored.get("generator_version") == synthetic.GENERATOR_VERSION)
+                      stored.get("generator_version") == drawn_faces.GENERATOR_VERSION)
         if not cached:
             t0 = time.time()
             synthetic.write_dataset(cfg, directory)

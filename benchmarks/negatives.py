@@ -10,7 +10,7 @@ of tiny tracks (2 frames of 8x8: decoding is stubbed out, everything from the sh
 is `pipelines.prepare`'s own code), in two layouts:
   random  tracks dealt into shards in a seeded random order (`prepare.plan_shards`, now)
   sorted  shards of consecutive id-sorted tracks (before: about one person per shard)
-and measures the first `--batches` training batches with `pipelines.input.input_statistics`
+and measures the first `--batches` training batches with `pipelines.input_stats.input_statistics`
 under the current input (`interleave_shards` 256, no video twice in a batch) and the old one
 (16 shards interleaved, no video constraint), shuffle buffer 2048 in both, beside the
 expectation for a uniformly random batch. Prints a table; `--json` writes the numbers.
@@ -31,7 +31,8 @@ import numpy as np
 
 from av_disentangle import constants, files
 from pipelines import prepare
-from pipelines.input import InputConfig, input_statistics, record_batches
+from pipelines.input import InputConfig, record_batches
+from pipelines.input_stats import input_statistics
 
 TINY_FRAMES = 2  # frames per simulated track; statistics use window_frames=TINY_FRAMES
 

@@ -37,7 +37,8 @@ from av_disentangle import files
 from av_disentangle.constants import AUDIO_EXTENSIONS
 from av_disentangle.evaluation.trials import read_trials
 from av_disentangle.logs import quiet_tensorflow
-from av_disentangle.verification_metrics import compute_eer, compute_min_dcf, cosine_pair_scores
+from av_disentangle.verification_metrics import (compute_eer, compute_min_dcf, cosine_pair_scores,
+                                                 l2_normalise)
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH = REPO / "data" / "samples" / "librispeech_subset"
@@ -137,7 +138,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(len(utterances), args.crops, args.dim)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    emb = l2_normalise(emb)
     emb1 = np.ascontiguousarray(emb[:, 0])
 
     r = args.repeats

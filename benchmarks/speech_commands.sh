@@ -11,6 +11,8 @@
 #   EXTRA="--disentangle none" TAG=none bash benchmarks/speech_commands.sh
 #   EXTRA="--learning_rate 1e-9" TAG=untrained bash benchmarks/speech_commands.sh   # weights
 #       held at their initialisation, BatchNorm statistics calibrated (as default_recipe.sh)
+#   OBJECTIVE=supervised TAG=supervised STEPS=20000 bash benchmarks/speech_commands.sh
+#       # the supervised (AAM) row: the same training speakers' labels, the world's shards
 #   BASELINES=0 ...   # skip the free baselines (for runs in parallel with one that scores them)
 #
 # Needs ../shared/data (or LIBRI= and SC= pointing at the two folders; data/README.md says how
@@ -26,6 +28,8 @@ HOLDOUT="${HOLDOUT:-200}"
 TAG="${TAG:-default}"
 EXTRA="${EXTRA:-}"
 BASELINES="${BASELINES:-1}"
+OBJECTIVE="${OBJECTIVE:-self_supervised}"
+PER_EPOCH="${PER_EPOCH:-50}"
 work="${WORK:-/tmp/speech_commands}"
 mkdir -p "$work"
 world="$work/world"
@@ -61,14 +65,19 @@ score() {  # name, then evaluate.py's model or baseline flags
     printf '%-28s %-15s %s\n' "$name" "$list" "$(eer "$work/$name.$list.log")"
   done
 }
-epochs=$(( (STEPS + 49) / 50 ))
+epochs=$(( (STEPS + PER_EPOCH - 1) / PER_EPOCH ))
+if [ "$OBJECTIVE" = supervised ]; then
+  input=(--objective supervised --labelled_audio "$world/train/*.tfrecord")
+else
+  input=(--train_data "$world/train/*.tfrecord")
+fi
 for seed in $SEEDS; do
   name="$TAG-seed$seed-$STEPS"
   if [ ! -f "$work/exports/$name/saved_model.pb" ]; then
     rm -rf "$work/runs/$name" "$work/exports/$name"
     # shellcheck disable=SC2086  # EXTRA is a list of flags
-    python train.py --train_data "$world/train/*.tfrecord" --epochs "$epochs" \
-      --steps_per_epoch 50 --seed "$seed" --model_dir "$work/runs/$name" \
+    python train.py "${input[@]}" --epochs "$epochs" \
+      --steps_per_epoch "$PER_EPOCH" --seed "$seed" --model_dir "$work/runs/$name" \
       --export_dir "$work/exports/$name" --verbose 0 $EXTRA > "$work/$name.train.log" 2>&1
   fi
   score "$name" --model "$work/exports/$name"

@@ -35,9 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from av_disentangle import files
-from av_disentangle.constants import AUDIO_EXTENSIONS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from av_disentangle.constants import (AUDIO, AUDIO_EXTENSIONS, LABEL, SAMPLE_RATE,
+                                      SAMPLES_PER_FRAME)
 from av_disentangle.errors import UserError
-from av_disentangle.supervised import AUDIO, LABEL
 from pipelines import records
 from pipelines.media import MediaError, decode_audio_file
 

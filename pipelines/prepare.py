@@ -370,10 +370,10 @@ def _fingerprint(specs: Sequence[ClipSpec], config: PrepareConfig) -> str:
 
 
 def _read_json(path: pathlib.Path) -> dict | None:
+    """A sidecar, report or manifest if readable, else None (then it is rewritten)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return files.read_json(path, missing_ok=True)
+    except ValueError:
         return None
 
 

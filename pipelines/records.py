@@ -1,4 +1,5 @@
-"""The TFRecord schema shared by every producer (prepare, synthetic) and consumer (input).
+"""The TFRecord schema shared by every producer (`prepare`, `synthetic`, `voices`) and consumer
+(`input`, `labelled`, `shard_check`, evaluation).
 
 One `tf.train.Example` per face track (or per chunk of one, see "Chunks" below):
 

@@ -1,4 +1,4 @@
-"""Shard files: one name and one plan for every writer (`prepare`, `synthetic`).
+"""Shard files: one name and one plan for every writer (`prepare`, `synthetic`, `voices`).
 
 A dataset is `shard-{s:05d}-of-{S:05d}.tfrecord` files (plus `manifest.json`). The tracks are
 put in a seeded random order before they are split into shards, so every shard is a random

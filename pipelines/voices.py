@@ -1,7 +1,7 @@
 """A "real voices, drawn faces" world: real speech, a drawn face per speaker (issue 14).
 
-Every speaker of a LibriSpeech-layout folder gets a face of its own from the synthetic world's
-face generator (`pipelines.synthetic.identity_params`, identity index = a stable hash of the
+Every speaker of a LibriSpeech-layout folder gets a face of its own from the drawn-faces
+generator (`pipelines.drawn_faces.identity_params`, identity index = a stable hash of the
 speaker id, so a speaker is the same face in every run and every split). Its utterances are cut
 into consecutive tracks of `track_seconds`; the audio of a track is the real recording,
 unchanged. The mouth of video frame `i` is driven by the audio samples `[640 i, 640 (i + 1))`
@@ -69,7 +69,7 @@ import tqdm
 from av_disentangle import corpora, files
 from av_disentangle.constants import AUDIO_EXTENSIONS, SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from av_disentangle.errors import UserError
-from pipelines import media, records, shards, synthetic
+from pipelines import drawn_faces, media, records, shards
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ class VoicesConfig:
       min_track_seconds: shortest track kept (an utterance shorter than this gives none).
       num_speakers: training speakers (0: every speaker not held out).
       holdout_speakers: speakers drawn with the seed and written to `holdout/` only.
-      face_size, seed, pixel_noise, head_jitter, track_variation, jpeg_quality: as in
-        `pipelines.synthetic.SyntheticConfig` (the face renderer's settings).
+      face_size, pixel_noise, head_jitter, track_variation: the face renderer's settings
+        (`pipelines.drawn_faces.RenderConfig`); seed, jpeg_quality: as in
+        `pipelines.synthetic.SyntheticConfig`.
     """
 
     track_seconds: float = 3.0
@@ -113,9 +114,9 @@ class VoicesConfig:
     holdout_speakers: int = 0
     face_size: int = 64
     seed: int = 0
-    pixel_noise: float = synthetic.SyntheticConfig.pixel_noise
-    head_jitter: float = synthetic.SyntheticConfig.head_jitter
-    track_variation: float = synthetic.SyntheticConfig.track_variation
+    pixel_noise: float = drawn_faces.RenderConfig.pixel_noise
+    head_jitter: float = drawn_faces.RenderConfig.head_jitter
+    track_variation: float = drawn_faces.RenderConfig.track_variation
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
@@ -127,8 +128,7 @@ class VoicesConfig:
                              f"{self.min_track_seconds}")
         if self.num_speakers < 0 or self.holdout_speakers < 0:
             raise ValueError("speakers and holdout_speakers must be >= 0")
-        # The renderer's own checks (face size, noise, jitter).
-        self.render_config()
+        self.render_config  # the renderer's own checks (face size, noise, jitter)
 
     @property
     def track_frames(self) -> int:
@@ -138,13 +138,12 @@ class VoicesConfig:
     def min_track_frames(self) -> int:
         return max(1, int(round(self.min_track_seconds * VIDEO_FPS)))
 
-    def render_config(self) -> synthetic.SyntheticConfig:
-        """The synthetic world's config that the face renderer reads."""
-        return synthetic.SyntheticConfig(
-            num_identities=1, tracks_per_identity=1, num_frames=self.track_frames,
-            face_size=self.face_size, seed=self.seed, pixel_noise=self.pixel_noise,
-            head_jitter=self.head_jitter, track_variation=self.track_variation,
-            jpeg_quality=self.jpeg_quality)
+    @property
+    def render_config(self) -> drawn_faces.RenderConfig:
+        """The face renderer's settings of this world."""
+        return drawn_faces.RenderConfig(face_size=self.face_size, pixel_noise=self.pixel_noise,
+                                        head_jitter=self.head_jitter,
+                                        track_variation=self.track_variation)
 
 
 # === Listing and split ===
@@ -235,9 +234,9 @@ def speaker_identity_index(speaker: str) -> int:
     return _stable_int("librispeech-speaker", speaker)
 
 
-def speaker_face(speaker: str, seed: int = 0) -> synthetic.IdentityParams:
+def speaker_face(speaker: str, seed: int = 0) -> drawn_faces.IdentityParams:
     """The drawn face (and unused synthetic voice) of a speaker."""
-    return synthetic.identity_params(speaker_identity_index(speaker), seed)
+    return drawn_faces.identity_params(speaker_identity_index(speaker), seed)
 
 
 # === Mouth from audio ===
@@ -414,8 +413,8 @@ def generate_track(config: VoicesConfig, plan: TrackPlan) -> tuple[records.Track
     key = plan.track_id if plan.joined else plan.utterance.utterance_id
     rng = np.random.default_rng([int(config.seed), 3, speaker_identity_index(speaker),
                                  _stable_int(key), plan.index])
-    frames = synthetic._render_video(ident, drivers["mouth_open"], drivers["mouth_width"],
-                                     config.render_config(), rng)
+    frames = drawn_faces.render_video(ident, drivers["mouth_open"], drivers["mouth_width"],
+                                      config.render_config, rng)
     track = records.Track(frames=frames, audio=track_audio.astype(np.int16),
                           track_id=plan.track_id, video_id=plan.video_id,
                           identity=speaker, source_path=plan.utterance.path,
@@ -482,7 +481,7 @@ def write_part(config: VoicesConfig, utterances: list[Utterance], output_dir: st
             "format": FORMAT, "part": part,
             "voices_dir": ",".join(os.path.abspath(d) for d in voices_dir.split(",") if d),
             "config": dataclasses.asdict(config),
-            "generator_version": synthetic.GENERATOR_VERSION,
+            "generator_version": drawn_faces.GENERATOR_VERSION,
             "sample_rate": SAMPLE_RATE, "fps": VIDEO_FPS, "samples_per_frame": SAMPLES_PER_FRAME,
             "split": split,
             "speakers": {s: {"identity_index": speaker_identity_index(s),
@@ -552,5 +551,4 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def load_manifest(output_dir: str) -> dict[str, Any]:
-    with open(os.path.join(output_dir, "manifest.json"), encoding="utf-8") as fh:
-        return json.load(fh)
+    return files.read_json(os.path.join(output_dir, "manifest.json"))

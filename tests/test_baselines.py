@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from av_disentangle.evaluation import EvaluationError, baselines, cli, verification
+from av_disentangle.evaluation import EvaluationError, baselines, cli
 from av_disentangle.evaluation.trials import make_trials
 from av_disentangle.melscale import mel_filterbank
 from conftest import write_wav
@@ -85,7 +85,7 @@ MEASURED_EER = {"mfcc": 0.0770, "mfcc_z": 0.0178, "ltas": 0.1170, "ltas_z": 0.11
 
 @pytest.mark.parametrize("kind", sorted(MEASURED_EER))
 def test_librispeech_baselines_score_as_the_readme_says(kind, ls_trials):
-    logs = verification.run_verification(_args(baseline=kind, trials=str(ls_trials),
+    logs = cli.run_verification(_args(baseline=kind, trials=str(ls_trials),
                                                audio_root=str(LIBRISPEECH)))
     assert logs["eer"] == pytest.approx(MEASURED_EER[kind], abs=0.0005)
 
@@ -111,6 +111,6 @@ def test_baseline_cli_errors_and_a_short_file_named(tmp_path, ls_trials):
     r = run("--baseline", "mfcc", "--trials", str(trials), "--audio_root", str(root))
     assert r.returncode == 2 and "b/0.wav: 100 samples, shorter than one 400-sample" in r.stderr
     args = _args(baseline="mfcc", trials=str(trials), audio_root=str(root), skip_missing=True)
-    logs = verification.run_verification(args)  # 2 trials left, one of each class
+    logs = cli.run_verification(args)  # 2 trials left, one of each class
     assert set(logs) == {"eer", "min_dcf_0.01", "min_dcf_0.05"}
 

@@ -186,7 +186,7 @@ def test_run_crossmodal_pairs_other_clips_by_identity(standin_model, tmp_path, c
     of one clip with alice's voices of the other clip (2 x 2 x 2 = 8), never the same clip
     (the old protocol labelled 12 same-clip pairs as targets here); non-targets: 4 x 2 x 2 =
     16. The EER is the EER of exactly those pairs."""
-    from av_disentangle.evaluation.crossmodal import run_crossmodal
+    from av_disentangle.evaluation.cli import run_crossmodal
     from av_disentangle.metrics import compute_eer
 
     calls = _spy_on_score_pairs(monkeypatch)
@@ -212,7 +212,7 @@ def test_run_crossmodal_pairs_other_clips_by_identity(standin_model, tmp_path, c
 
 
 def test_run_crossmodal_identity_from_layout_or_error(standin_model, tmp_path, capsys):
-    from av_disentangle.evaluation.crossmodal import run_crossmodal
+    from av_disentangle.evaluation.cli import run_crossmodal
 
     flat = tmp_path / "flat"
     flat.mkdir()

@@ -135,10 +135,10 @@ def test_verification_missing_files(standin_model, tone_root, tmp_path):
                  num_crops=2, batch_size=8)
     with pytest.raises(EvaluationError, match=r"2 of \d+ audio files are missing.*"
                                                         r"spkA/gone.wav, spkB/nope.wav"):
-        verification.run_verification(args)
+        cli.run_verification(args)
     args.skip_missing = True
     args.scores_out = str(tmp_path / "scores.txt")
-    logs = verification.run_verification(args)
+    logs = cli.run_verification(args)
     kept = [ln.split() for ln in (tmp_path / "scores.txt").read_text().splitlines()]
     assert [p[1:] for p in kept] == [["1", "spkA/u0.wav", "spkA/u1.wav"],
                                      ["0", "spkA/u0.wav", "spkB/u2.wav"],
@@ -156,7 +156,7 @@ def test_verification_scores_and_plot(standin_model, tone_root, tmp_path, capsys
     args = _args(model=standin_model, trials=str(trials), audio_root=str(tone_root),
                  num_crops=3, batch_size=4, scores_out=str(scores_out),
                  plot_out=str(plot_out))
-    logs = verification.run_verification(args)
+    logs = cli.run_verification(args)
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1
     assert summary[0] == scoring.format_summary(logs)
@@ -184,7 +184,7 @@ def test_verification_corrupt_file_named(standin_model, tone_root, tmp_path):
     args = _args(model=standin_model, trials=str(trials), audio_root=str(tone_root),
                  num_crops=2)
     with pytest.raises(EvaluationError, match=r"spkB/u1\.wav"):
-        verification.run_verification(args)
+        cli.run_verification(args)
 
 
 @pytest.mark.slow
@@ -234,7 +234,7 @@ def test_librispeech_verification_numbers_pinned(batch_size, standin_model, tmp_
                  scores_out=str(scores_out))
     if batch_size is not None:
         args.batch_size = batch_size
-    logs = verification.run_verification(args)
+    logs = cli.run_verification(args)
     for key, value in PINNED_LIBRISPEECH.items():
         assert logs[key] == pytest.approx(value, abs=1e-6), key
     rows = [ln.split() for ln in scores_out.read_text().splitlines()]
@@ -260,7 +260,7 @@ def test_sync_offsets_recovered(standin_model, tmp_path, capsys):
     [row] = sync.measure_video(model, "clip0", frames, audio, vshift=15, applied_offsets=[5])
     assert row.mean_dists.shape == (31,) and row.av_offset == 5 and row.error == 0
 
-    result = sync.run_sync(_args(task="sync", model=standin_model, videos=str(videos)))
+    result = cli.run_sync(_args(task="sync", model=standin_model, videos=str(videos)))
     assert result["exact"] == 1.0 and result["n"] == 6
     assert "sync offset accuracy: exact 100.0%  within+-1 100.0%" in capsys.readouterr().out
 

@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 
 from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES, TRACK_ID, VIDEO_ID
-from av_disentangle.shard_check import check_shard
+from pipelines.shard_check import check_shard
 from conftest import write_mp4
-from pipelines import input as input_lib
+from pipelines import input_stats
 from pipelines import labelled, prepare, records
 from pipelines.input import InputConfig, list_shards, make_dataset
 
@@ -124,7 +124,7 @@ def test_chunks_of_one_video_are_never_in_one_batch(tmp_path):
     assert sum(len(v) for v, _ in batches) >= 30  # nearly all 36 chunks are used in a pass
     for videos, _ in batches:
         assert len(set(videos)) == len(videos)
-    stats = input_lib.input_statistics(dataclasses.replace(config, repeat=True), 5)
+    stats = input_stats.input_statistics(dataclasses.replace(config, repeat=True), 5)
     assert stats["tracks"] == 36 and stats["same_video_pairs"] == 0  # records, per chunk
 
 
@@ -221,7 +221,7 @@ def test_old_format_shards_are_refused_naming_the_file(tmp_path, capsys, with_ma
         list_shards(str(tmp_path / "old" / "*.tfrecord"))
     with pytest.raises(ValueError, match=shard):
         make_dataset(InputConfig(shard, batch_tracks=1, window_frames=10, face_size=16))
-    assert input_lib.main(["--stats", shard]) == 2
+    assert input_stats.main(["--stats", shard]) == 2
     err = capsys.readouterr().err.strip()
     assert shard in err and len(err.splitlines()) == 1
     # records without any prepare metadata (synthetic worlds, tests) are not refused

@@ -18,8 +18,9 @@ import tensorflow as tf
 from av_disentangle.constants import AUDIO, TRACK_ID, VIDEO_ID
 from benchmarks import negatives
 from pipelines import prepare, records, shards, synthetic
-from pipelines.input import (InputConfig, batch_metadata, deal_into_batches, input_statistics,
-                             main, make_dataset, uniform_batch_expectation)
+from pipelines.input import InputConfig, deal_into_batches, make_dataset
+from pipelines.input_stats import (batch_metadata, input_statistics, main,
+                                   uniform_batch_expectation)
 
 
 def _shard_identities(paths):

@@ -15,7 +15,8 @@ import tensorflow as tf
 from av_disentangle.config import LossConfig, ModelConfig, to_dict
 from av_disentangle.heads import HEADS, AAMSoftmax, SoftmaxHead
 from av_disentangle.model import DisentangleModel
-from av_disentangle.supervised import build_supervised_model, check_init_from, stream_parts
+from av_disentangle.pretrained import check_init_from
+from av_disentangle.supervised import build_supervised_model, stream_parts
 from av_disentangle.supervised_config import (HEAD_NAMES, SupervisedConfig, add_supervised_flags,
                                               supervised_config_from_flags)
 from av_disentangle.errors import UserError

@@ -150,7 +150,7 @@ def test_run_sync_clips_with_known_offsets(standin_model, tmp_path, capsys):
     """Two in-sync clips evaluated as is and with offsets applied on purpose, and one clip
     encoded with its audio leading by 4 frames: the measured AV offsets have SyncNet's sign;
     the per-video CSV and the plot are written."""
-    from av_disentangle.evaluation.sync import run_sync
+    from av_disentangle.evaluation.cli import run_sync
 
     videos = tmp_path / "videos"
     videos.mkdir()

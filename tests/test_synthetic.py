@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from av_disentangle import constants
-from pipelines import records, synthetic
+from pipelines import drawn_faces, records, synthetic
 
 from conftest import lagged_corr
 
@@ -73,8 +73,8 @@ def test_reproducible_and_seed_dependent():
     assert not np.array_equal(a.audio, c.audio)
     assert not np.array_equal(a.frames, c.frames)
     # Identity parameters do not depend on the rest of the config.
-    assert synthetic.identity_params(5, 3) == synthetic.identity_params(5, 3)
-    assert synthetic.identity_params(5, 3) != synthetic.identity_params(5, 4)
+    assert drawn_faces.identity_params(5, 3) == drawn_faces.identity_params(5, 3)
+    assert drawn_faces.identity_params(5, 3) != drawn_faces.identity_params(5, 4)
 
 
 def test_shapes_and_labels():
@@ -133,7 +133,7 @@ def test_cli_split(tmp_path):
     assert [t["identity"] for t in train["tracks"]] == ["syn_0000", "syn_0001"]
     assert [t["identity"] for t in test["tracks"]] == ["syn_0002"]
     # The held-out identity is the same person it would be in a single run.
-    assert test["identities"][0] == synthetic.identity_params(2, 1).to_json()
+    assert test["identities"][0] == drawn_faces.identity_params(2, 1).to_json()
 
 
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_identity_is_consistent_across_tracks_and_differs_between_identities():
             f0[ident, t] = _estimate_f0(track.audio)
             chroma[ident, t] = _face_chroma(track.frames)
         # The estimate finds the generator's pitch.
-        true_f0 = synthetic.identity_params(ident, MEDIUM.seed).f0_hz
+        true_f0 = drawn_faces.identity_params(ident, MEDIUM.seed).f0_hz
         assert abs(np.log(f0[ident, 0] / true_f0)) < 0.1
     within_f0 = max(abs(np.log(f0[i, 0] / f0[i, 1])) for i in range(4))
     between_f0 = min(abs(np.log(f0[i, 0] / f0[j, 0])) for i in range(4) for j in range(i))

@@ -289,7 +289,7 @@ def test_data_too_small_for_one_batch_is_an_error_not_an_export(random_shards, t
 
 
 def test_shard_check_finds_truncation_corruption_and_count_mismatch(random_shards, tmp_path):
-    from av_disentangle.shard_check import check_shard
+    from pipelines.shard_check import check_shard
 
     good = sorted(glob.glob(random_shards))[0]
     data = open(good, "rb").read()
@@ -509,7 +509,6 @@ def test_an_unusable_export_location_is_found_before_training(random_shards, tmp
 
 def test_a_failed_export_is_not_remembered(tmp_path, monkeypatch):
     """export.json used to keep a failed target, so a later plain rerun exported there."""
-    import av_disentangle.export as export_module
     from av_disentangle import checkpoints, run
     from av_disentangle.config import LossConfig, ModelConfig
     from av_disentangle.model import DisentangleModel
@@ -521,7 +520,7 @@ def test_a_failed_export_is_not_remembered(tmp_path, monkeypatch):
     def failing(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_module, "export_saved_model", failing)
+    monkeypatch.setattr(run, "export_saved_model", failing)  # the name run.export calls
     kwargs = dict(model_dir=model_dir, step=5, export_dir=None,
                   export_root=str(tmp_path / "saved_models"), export_name="m")
     with pytest.raises(OSError):

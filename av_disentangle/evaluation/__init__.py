@@ -6,7 +6,7 @@ module per concept:
 - `exported`: `ExportedModel`, the four serving signatures as numpy functions.
 - `trials`: VoxCeleb-format trial lists (`Trial`, `read_trials`, `make_trials`).
 - `scoring`: pair scoring with the Keras pair-scoring model and its streaming EER/minDCF.
-- `verification`: speaker verification (audio decoding, crops, embedding, `run_verification`).
+- `verification`: speaker verification (audio decoding, crops, embedding, `verify`).
 - `baselines`: free label-free verification baselines (MFCC mean+std, long-term spectrum).
 - `windows`: a Keras model evaluated in memory on track windows and crops with the same
   crops, pooling and scorer as the export (the benchmarks' path); `probes`: linear / MLP probes.

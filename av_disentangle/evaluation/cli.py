@@ -6,8 +6,10 @@
     python evaluate.py --baseline mfcc --trials LIST --audio_root DIR   # a free baseline
     python evaluate.py --make_trials ROOT --trials_out FILE [--content_controlled]
 
-Tasks: `verification.run_verification`, `sync.run_sync`, `crossmodal.run_crossmodal`; each
-takes the parsed flags, prints its summary line and returns its metrics. A user error is one
+A shell over keyword-argument library calls: each task checks its paths
+(`paths.check_paths`), calls its library function (`verification.verify`,
+`sync.sync_videos`, `crossmodal.crossmodal_videos`), prints the summary line, then writes the
+outputs asked for (`write_*_outputs`), and returns the metrics. A user error is one
 line on stderr (`evaluate: error: ...`, exit 2) without a traceback; `--verbose` adds the
 traceback and TensorFlow's own messages.
 """
@@ -19,7 +21,7 @@ import os
 from typing import Callable, Sequence
 
 from av_disentangle.errors import run_cli
-from av_disentangle.evaluation import BASELINES, EvaluationError
+from av_disentangle.evaluation import BASELINES, EvaluationError, paths, trials
 from av_disentangle.logs import native_stderr_silenced, setup_logging
 
 DESCRIPTION = "Evaluate an exported av-disentangle SavedModel."
@@ -103,19 +105,91 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def task_function(task: str) -> Callable[[argparse.Namespace], dict[str, float]]:
-    """The library function that runs `--task`."""
-    if task == "sync":
-        from av_disentangle.evaluation.sync import run_sync
+def make_trials(args: argparse.Namespace) -> None:
+    """`--make_trials ROOT --trials_out FILE [--content_controlled]`: writes the trial list
+    (and the hard subset); prints the counts of a content-controlled list."""
+    if not args.trials_out:
+        raise EvaluationError("--make_trials needs --trials_out")
+    if not os.path.isdir(args.make_trials):
+        raise EvaluationError(f"{args.make_trials}: --make_trials folder not found")
+    paths.check_output_file(args.trials_out, "--trials_out")
+    if not args.content_controlled:
+        trials.make_trials(args.make_trials, args.trials_out)
+        return
+    hard = trials.hard_trials_path(args.trials_out)
+    paths.check_output_file(str(hard), "--trials_out (hard subset)")
+    counts = trials.make_content_trials(args.make_trials, args.trials_out)
+    print(f"wrote {counts['all']} trials ({counts['target']} target: same speaker, "
+          f"different word; {counts['nontarget_same_word']} same-word and "
+          f"{counts['nontarget_different_word']} different-word non-target) to "
+          f"{args.trials_out}, and {counts['hard']} hard ones (targets + same-word "
+          f"non-targets) to {hard}")
 
-        return run_sync
-    if task == "crossmodal":
-        from av_disentangle.evaluation.crossmodal import run_crossmodal
 
-        return run_crossmodal
-    from av_disentangle.evaluation.verification import run_verification
+def check_paths(args: argparse.Namespace) -> None:
+    """`paths.check_paths` on the flags: every input exists, every output can be written."""
+    paths.check_paths(task=args.task, trials=args.trials, identities=args.identities,
+                      audio_root=args.audio_root, videos=args.videos,
+                      scores_out=args.scores_out, plot_out=args.plot_out,
+                      sync_csv=args.sync_csv if args.task == "sync" else None,
+                      logdir=args.logdir, projector_out=args.projector_out)
 
-    return run_verification
+
+def run_verification(args: argparse.Namespace) -> dict[str, float]:
+    if not args.trials or not args.audio_root:
+        raise EvaluationError("--task verification needs --trials and --audio_root")
+    check_paths(args)
+    from av_disentangle.evaluation import verification  # loads TensorFlow: after the checks
+
+    result = verification.verify(
+        args.trials, args.audio_root, model=args.model, baseline=args.baseline,
+        num_crops=args.num_crops, crop_seconds=args.crop_seconds, batch_size=args.batch_size,
+        score_batch_size=args.score_batch_size, skip_missing=args.skip_missing)
+    print(result.summary, flush=True)  # before any output file: never lost
+    verification.write_verification_outputs(result, scores_out=args.scores_out,
+                                            plot_out=args.plot_out, logdir=args.logdir,
+                                            projector_out=args.projector_out)
+    return result.logs
+
+
+def run_sync(args: argparse.Namespace) -> dict[str, float]:
+    if not args.videos:
+        raise EvaluationError("--task sync needs --videos")
+    check_paths(args)
+    from av_disentangle.evaluation import sync
+
+    result = sync.sync_videos(args.model, args.videos, shifts=sync.parse_offsets(args.shifts),
+                              max_offset=args.max_offset, face_size=args.face_size,
+                              detect_faces=args.detect_faces, max_seconds=args.max_seconds,
+                              strict=args.strict)
+    print(sync.format_table(result.rows), flush=True)
+    print(result.summary_line, flush=True)
+    sync.write_sync_outputs(result, sync_csv=args.sync_csv, plot_out=args.plot_out,
+                            logdir=args.logdir)
+    return result.summary
+
+
+def run_crossmodal(args: argparse.Namespace) -> dict[str, float]:
+    if not args.videos:
+        raise EvaluationError("--task crossmodal needs --videos")
+    check_paths(args)
+    from av_disentangle.evaluation import crossmodal
+
+    result = crossmodal.crossmodal_videos(
+        args.model, args.videos, identities=args.identities, face_size=args.face_size,
+        detect_faces=args.detect_faces, max_seconds=args.max_seconds, strict=args.strict,
+        segments_per_clip=args.segments_per_clip, segment_seconds=args.segment_seconds,
+        forced_choice=args.forced_choice, max_pairs=args.max_pairs, seed=args.seed,
+        score_batch_size=args.score_batch_size)
+    print(result.protocol, flush=True)
+    print(result.summary_line, flush=True)
+    crossmodal.write_crossmodal_outputs(result, plot_out=args.plot_out, logdir=args.logdir,
+                                        projector_out=args.projector_out)
+    return result.logs
+
+
+TASKS: dict[str, Callable[[argparse.Namespace], dict[str, float]]] = {
+    "verification": run_verification, "sync": run_sync, "crossmodal": run_crossmodal}
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -125,25 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         EvaluationError: bad flags or input (one line naming the file and the problem).
     """
     if args.make_trials:
-        from av_disentangle.evaluation.paths import check_output_file
-        from av_disentangle.evaluation.trials import (hard_trials_path, make_content_trials,
-                                                      make_trials)
-
-        if not args.trials_out:
-            raise EvaluationError("--make_trials needs --trials_out")
-        if not os.path.isdir(args.make_trials):
-            raise EvaluationError(f"{args.make_trials}: --make_trials folder not found")
-        check_output_file(args.trials_out, "--trials_out")
-        if not args.content_controlled:
-            make_trials(args.make_trials, args.trials_out)
-            return {}
-        check_output_file(str(hard_trials_path(args.trials_out)), "--trials_out (hard subset)")
-        counts = make_content_trials(args.make_trials, args.trials_out)
-        print(f"wrote {counts['all']} trials ({counts['target']} target: same speaker, "
-              f"different word; {counts['nontarget_same_word']} same-word and "
-              f"{counts['nontarget_different_word']} different-word non-target) to "
-              f"{args.trials_out}, and {counts['hard']} hard ones (targets + same-word "
-              f"non-targets) to {hard_trials_path(args.trials_out)}")
+        make_trials(args)
         return {}
     if args.baseline:
         if args.model or args.task != "verification":
@@ -152,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise EvaluationError("--model is required (or --baseline for verification)")
     if args.content_controlled:
         raise EvaluationError("--content_controlled is an option of --make_trials")
-    return task_function(args.task)(args)
+    return TASKS[args.task](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from av_disentangle.errors import UserError
+from av_disentangle.verification_metrics import l2_normalise
 
 logger = logging.getLogger(__name__)
 
@@ -315,70 +316,97 @@ def describe_protocol(trials: PairTrials, clips: Sequence[str], identities: Sequ
 # === The cross-modal task (evaluate.py --task crossmodal) ===
 
 
-def run_crossmodal(args) -> dict[str, float]:
-    """``evaluate.py --task crossmodal``: face-to-voice identity verification (EER, minDCF)
-    and the 1 face, 2 voices forced choice (``--forced_choice`` trials per face; 0: off).
+@dataclass(frozen=True)
+class CrossmodalResult:
+    """What `crossmodal_videos` measured.
 
-    Identities are resolved for every video before the model is loaded. Prints the protocol
-    with its trial counts and the summary line, then writes ``--plot_out``, ``--logdir`` and
-    ``--projector_out``.
+    Attributes:
+      logs: {"eer", "min_dcf_0.01", "min_dcf_0.05", "targets", "nontargets"} plus
+        "forced_choice_accuracy", "forced_choice_stderr", "forced_choice_trials" when the
+        forced choice ran.
+      protocol: `describe_protocol`'s line; summary_line: the metrics' line (with the skipped
+        videos named).
+      scores: (P,) float32 pair scores; labels: (P,) float32, 1 = same identity.
+      faces, voices: (N, D) float32 segment embeddings; owners, segments: (N,) identity and
+        `clip@start` names of the segments.
+      step: the model's training step.
+    """
 
-    Args:
-        args: the parsed flags of `av_disentangle.evaluation.cli.build_parser`.
+    logs: dict[str, float]
+    protocol: str
+    summary_line: str
+    scores: np.ndarray
+    labels: np.ndarray
+    faces: np.ndarray
+    voices: np.ndarray
+    owners: list[str]
+    segments: list[str]
+    step: int
 
-    Returns:
-        ``{"eer", "min_dcf_0.01", "min_dcf_0.05", "targets", "nontargets"}`` plus
-        ``"forced_choice_accuracy"``, ``"forced_choice_stderr"``, ``"forced_choice_trials"``
-        when the forced choice runs.
+
+def crossmodal_videos(model: str | os.PathLike, videos: str | os.PathLike, *,
+                      identities: str | os.PathLike | None = None, face_size: int = 112,
+                      detect_faces: bool = False, max_seconds: float = 10.0,
+                      strict: bool = False, segments_per_clip: int = 2,
+                      segment_seconds: float = 2.0, forced_choice: int = 10,
+                      max_pairs: int = 0, seed: int = 0,
+                      score_batch_size: int = 4096) -> CrossmodalResult:
+    """Face-to-voice identity verification (EER, minDCF) of the SavedModel `model` on the
+    videos under `videos`, and the 1 face, 2 voices forced choice (`forced_choice` trials per
+    face; 0: off).
+
+    A video's identity comes from `identities` (CSV `path,identity` or a manifest TSV) or the
+    folder layout `<identity>/<video>/<clip>`, resolved for every video before the model is
+    loaded. Each clip gives `segments_per_clip` segments of `segment_seconds`; a face is paired
+    with the voices of OTHER clips only, at most `max_pairs` pairs per class (0: all, seeded by
+    `seed`). Faces are read as in `sync_videos`. Nothing is printed or written.
+
+    Raises:
+        EvaluationError: naming the folder, file or flag.
     """
     from av_disentangle.constants import SAMPLES_PER_FRAME, VIDEO_FPS
-    from av_disentangle.evaluation import (EvaluationError, exported, paths, plots, reports,
-                                           scoring, video)
+    from av_disentangle.evaluation import exported, scoring, video
     from av_disentangle.evaluation.sync import MIN_FACE_FRAMES
 
-    if not args.videos:
-        raise EvaluationError("--task crossmodal needs --videos")
-    paths.check_paths(args)
-    root = Path(args.videos)
-    ids = read_identities(args.identities) if args.identities else None
-    source = args.identities or "the folder layout <identity>/<video>/<clip>"
-    videos = video.list_videos(root)
-    owner_of = {v: identity_of(v, root, ids) for v in videos}  # fails before any decoding
-    model = exported.ExportedModel(args.model)
-    model.require("serving_default", "embed_face")
-    size = model.face_size(args.face_size)
-    seg_frames = max(MIN_FACE_FRAMES, int(round(args.segment_seconds * VIDEO_FPS)))
+    root = Path(videos)
+    ids = read_identities(identities) if identities else None
+    source = str(identities) if identities else "the folder layout <identity>/<video>/<clip>"
+    video_files = video.list_videos(root)
+    owner_of = {v: identity_of(v, root, ids) for v in video_files}  # fails before decoding
+    loaded = exported.ExportedModel(model)
+    loaded.require("serving_default", "embed_face")
+    size = loaded.face_size(face_size)
+    seg_frames = max(MIN_FACE_FRAMES, int(round(segment_seconds * VIDEO_FPS)))
     faces, voices, clips, owners, segment = [], [], [], [], []
     skipped: list[tuple[str, str]] = []
-    for path, frames, audio in video.decoded_videos(videos, size[0], args.detect_faces,
-                                                    args.max_seconds, args.strict, skipped,
+    for path, frames, audio in video.decoded_videos(video_files, size[0], detect_faces,
+                                                    max_seconds, strict, skipped,
                                                     "crossmodal"):
         if frames.shape[0] < seg_frames:  # pad short clips by repeating
             reps = int(np.ceil(seg_frames / frames.shape[0]))
             frames = np.concatenate([frames] * reps)[:seg_frames]
             audio = np.tile(audio, reps)[:seg_frames * SAMPLES_PER_FRAME]
-        starts = segment_starts(frames.shape[0], args.segments_per_clip, seg_frames)
-        faces.append(model.embed_faces(np.stack([frames[s:s + seg_frames] for s in starts])))
-        voices.append(model.embed_waveforms(np.stack(
+        starts = segment_starts(frames.shape[0], segments_per_clip, seg_frames)
+        faces.append(loaded.embed_faces(np.stack([frames[s:s + seg_frames] for s in starts])))
+        voices.append(loaded.embed_waveforms(np.stack(
             [audio[s * SAMPLES_PER_FRAME:(s + seg_frames) * SAMPLES_PER_FRAME]
              for s in starts])))
         rel = Path(path).relative_to(root).as_posix()
         clips += [rel] * len(starts)
         owners += [owner_of[path]] * len(starts)
         segment += [f"{rel}@{s / VIDEO_FPS:.2f}s" for s in starts]
-    suffix = video.skip_summary(skipped, len(videos), args.videos)
+    suffix = video.skip_summary(skipped, len(video_files), videos)
     face_table, voice_table = np.concatenate(faces), np.concatenate(voices)
-    trials = identity_pairs(clips, owners, max_pairs_per_class=args.max_pairs or None,
-                            seed=args.seed)
-    print(describe_protocol(trials, clips, owners, source), flush=True)
+    trials = identity_pairs(clips, owners, max_pairs_per_class=max_pairs or None, seed=seed)
+    protocol = describe_protocol(trials, clips, owners, source)
     scores, logs = scoring.score_pairs(face_table, voice_table, trials.face, trials.voice,
-                                       trials.labels, args.score_batch_size)
+                                       trials.labels, score_batch_size)
     logs.update(targets=float(trials.num_targets), nontargets=float(trials.num_nontargets))
     line = scoring.format_summary(logs)
-    if args.forced_choice > 0:
-        fc = forced_choice_triplets(clips, owners, per_face=args.forced_choice, seed=args.seed)
-        unit_faces = scoring.l2_normalise(face_table)  # cosine, as score_pairs
-        unit_voices = scoring.l2_normalise(voice_table)
+    if forced_choice > 0:
+        fc = forced_choice_triplets(clips, owners, per_face=forced_choice, seed=seed)
+        unit_faces = l2_normalise(face_table)  # cosine, as score_pairs
+        unit_voices = l2_normalise(voice_table)
         acc, se = forced_choice_accuracy(
             np.sum(unit_faces[fc.face] * unit_voices[fc.positive], axis=-1),
             np.sum(unit_faces[fc.face] * unit_voices[fc.negative], axis=-1))
@@ -386,20 +414,28 @@ def run_crossmodal(args) -> dict[str, float]:
                     forced_choice_trials=float(fc.face.size))
         line += (f"  1 face 2 voices: accuracy {100 * acc:.1f}% +- {100 * se:.1f}% "
                  f"({fc.face.size} trials, chance 50%)")
-    print(line + suffix, flush=True)
-    if args.plot_out or args.logdir:
-        png = plots.plot_det(args.plot_out, scores, trials.labels,
+    return CrossmodalResult(logs, protocol, line + suffix, scores, trials.labels, face_table,
+                            voice_table, owners, segment, exported.model_step(model))
+
+
+def write_crossmodal_outputs(result: CrossmodalResult, *,
+                             plot_out: str | os.PathLike | None = None,
+                             logdir: str | os.PathLike | None = None,
+                             projector_out: str | os.PathLike | None = None) -> None:
+    """Writes what was asked, each file atomically: the DET curve (PNG), a TensorBoard run
+    (metrics and the curve) and the embedding projector (faces and voices, by identity)."""
+    from av_disentangle.evaluation import plots, reports, scoring
+
+    if plot_out or logdir:
+        png = plots.plot_det(plot_out, result.scores, result.labels,
                              title=f"Face-to-voice identity verification (other clips): "
-                                   f"{scoring.format_summary(logs)}")
-        if args.logdir:
-            reports.write_tensorboard(args.logdir, "crossmodal",
-                                      exported.model_step(args.model), logs,
+                                   f"{scoring.format_summary(result.logs)}")
+        if logdir:
+            reports.write_tensorboard(logdir, "crossmodal", result.step, result.logs,
                                       {"det_curve": png})
-    if args.projector_out:
+    if projector_out:
         reports.write_projector(
-            args.projector_out,
-            scoring.l2_normalise(np.concatenate([face_table, voice_table])),
+            projector_out, l2_normalise(np.concatenate([result.faces, result.voices])),
             ("identity", "modality", "segment"),
-            [(o, m, g) for m in ("face", "voice") for o, g in zip(owners, segment)],
+            [(o, m, g) for m in ("face", "voice") for o, g in zip(result.owners, result.segments)],
             "face_and_voice_embeddings")
-    return logs

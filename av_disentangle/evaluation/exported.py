@@ -13,7 +13,6 @@ Signatures (`tf.saved_model.load(path).signatures[...]`):
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import tensorflow as tf
 
 from av_disentangle.constants import SAMPLE_RATE
 from av_disentangle.evaluation import EvaluationError
+from av_disentangle.files import read_json
 
 
 def version_hint(folder: Path) -> str:
@@ -72,17 +72,14 @@ class ExportedModel:
           EvaluationError: it exists but is not a JSON object, or its face size disagrees with
             the face signature's (an edited file: it no longer describes the model)."""
         path = os.path.join(self.path, "model_config.json")
-        if not os.path.exists(path):
-            return {}
         try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError) as err:
-            raise EvaluationError(f"{path}: unreadable ({err}); it is written by the export "
-                                  "beside saved_model.pb: restore it or remove it") from err
-        if not isinstance(config, dict):
-            raise EvaluationError(f"{path}: expected a JSON object of model settings, got "
-                                  f"{type(config).__name__}")
+            config = read_json(path, missing_ok=True)
+        except ValueError as err:
+            raise EvaluationError(f"{err}: unreadable, expected a JSON object of model settings; "
+                                  "it is written by the export beside saved_model.pb: restore "
+                                  "it or remove it") from err
+        if config is None:
+            return {}
         size = config.get("face_size")
         declared = self.face_size(default=0)[0] if "face_content" in self.signatures else 0
         if declared and size != declared:

@@ -3,7 +3,6 @@ atomically (`av_disentangle.files`), a failure named as one `EvaluationError` li
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -62,26 +61,33 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> None:
     _probe_writable(Path(path), f"{path}: {flag}")
 
 
-def check_paths(args: argparse.Namespace) -> None:
+def check_paths(*, task: str = "verification", trials: str | None = None,
+                identities: str | None = None, audio_root: str | None = None,
+                videos: str | None = None, scores_out: str | None = None,
+                plot_out: str | None = None, sync_csv: str | None = None,
+                logdir: str | None = None, projector_out: str | None = None) -> None:
     """Every input path exists and every output can be written, before any decoding or model
     loading, so that a long run never ends in a path error and the metrics are never lost.
 
-    Reads `args.trials`, `identities` (files), `audio_root`, `videos` (folders), `scores_out`,
-    `plot_out` (files), `logdir`, `projector_out` (folders) and `task`; None/empty = unused.
+    Inputs: `trials`, `identities` (files), `audio_root`, `videos` (folders); outputs:
+    `scores_out`, `plot_out`, `sync_csv` (files), `logdir`, `projector_out` (folders), named by
+    their `evaluate.py` flags in the errors; None/empty = unused.
+
+    Raises:
+        EvaluationError: naming the path and the flag.
     """
-    inputs = [(args.trials, "--trials", "file"), (args.identities, "--identities", "file"),
-              (args.audio_root, "--audio_root", "folder"), (args.videos, "--videos", "folder")]
+    inputs = [(trials, "--trials", "file"), (identities, "--identities", "file"),
+              (audio_root, "--audio_root", "folder"), (videos, "--videos", "folder")]
     for path, flag, kind in inputs:
         if path and not (os.path.isfile(path) if kind == "file" else os.path.isdir(path)):
             raise EvaluationError(f"{path}: {flag} {kind} not found")
-    for flag in ("--scores_out", "--plot_out"):
-        path = getattr(args, flag[2:])
+    for path, flag in ((scores_out, "--scores_out"), (plot_out, "--plot_out"),
+                       (sync_csv, "--sync_csv")):
         if path:
             check_output_file(path, flag)
-    if args.projector_out and args.task == "sync":
+    if projector_out and task == "sync":
         raise EvaluationError("--projector_out shows embeddings: use it with --task "
                               "verification or crossmodal")
-    for flag in ("--logdir", "--projector_out"):
-        path = getattr(args, flag[2:])
+    for path, flag in ((logdir, "--logdir"), (projector_out, "--projector_out")):
         if path:
             check_output_dir(path, flag)

@@ -13,11 +13,6 @@ P_TARGETS = (0.01, 0.05)
 """Target priors of the minDCF values reported (C_miss = C_fa = 1)."""
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows of (..., D) scaled to unit length."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def check_both_classes(labels: np.ndarray, what: str) -> None:
     """Raises EvaluationError unless (P,) 0/1 `labels` hold both targets and non-targets."""
     n_pos = int(np.sum(labels == 1))

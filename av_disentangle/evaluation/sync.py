@@ -38,6 +38,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from av_disentangle.constants import SAMPLES_PER_FRAME
+from av_disentangle.verification_metrics import l2_normalise
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +98,6 @@ def sync_measures(dists: np.ndarray) -> SyncMeasures:
                         mean_dists=mdist)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def syncnet_distances(face: np.ndarray, audio: np.ndarray, vshift: int) -> np.ndarray:
     """SyncNet's `calc_pdist` (SyncNetInstance.py lines 19-31) on given features.
 
@@ -157,7 +154,8 @@ def offset_distances(model: ContentModel, frames: np.ndarray, audio: np.ndarray,
     if face.shape[0] != voice.shape[1]:
         logger.warning("face/audio content lengths differ (%d vs %d); using %d steps",
                        face.shape[0], voice.shape[1], steps)
-    return np.linalg.norm(_unit(face[None, :steps]) - _unit(voice[:, :steps]), axis=-1)
+    return np.linalg.norm(l2_normalise(face[None, :steps]) - l2_normalise(voice[:, :steps]),
+                          axis=-1)
 
 
 # === Per-video table and summary ===
@@ -330,58 +328,78 @@ def plot_sync(path: str | os.PathLike | None, rows: Sequence[SyncRow], vshift: i
     return plots.save_figure(fig, path)
 
 
-def run_sync(args) -> dict[str, float]:
-    """``evaluate.py --task sync``: SyncNet's measures per video (as is and at each offset
-    applied on purpose, ``--shifts``), averaged; prints the table and the summary line, then
-    writes ``--sync_csv``, ``--plot_out`` and ``--logdir`` (after the summary is printed).
+@dataclass(frozen=True)
+class SyncResult:
+    """What `sync_videos` measured: `rows` (one per clip and applied offset), `summary`
+    (`summarise(rows)`), `vshift` (the +-frames searched), `skipped` (a suffix for the summary
+    line naming the videos that could not be read, or "") and the model's training `step`."""
 
-    Args:
-        args: the parsed flags of `av_disentangle.evaluation.cli.build_parser`.
+    rows: list[SyncRow]
+    summary: dict[str, float]
+    vshift: int
+    skipped: str
+    step: int
 
-    Returns:
-        `summarise`'s dict.
+    @property
+    def summary_line(self) -> str:
+        return format_summary(self.summary, self.vshift) + self.skipped
+
+
+def sync_videos(model: str | os.PathLike, videos: str | os.PathLike, *,
+                shifts: Sequence[int] = (0, 5, -7), max_offset: int = 15, face_size: int = 112,
+                detect_faces: bool = False, max_seconds: float = 10.0,
+                strict: bool = False) -> SyncResult:
+    """SyncNet's measures of the SavedModel `model`'s content streams on every video under
+    `videos`, as it is and at each offset of `shifts` applied on purpose (frames, SyncNet's
+    sign), searching +-`max_offset` frames. Faces are read as `pipelines.prepare` reads them
+    (`detect_faces`: detected and tracked; else whole frames), at most `max_seconds` of each
+    video, at `face_size` unless the model's face input is static; an unreadable video is
+    skipped and reported (`strict`: raised). Nothing is printed or written.
+
+    Raises:
+        EvaluationError: naming the folder, file or flag.
     """
-    from av_disentangle.evaluation import EvaluationError, exported, paths, reports, video
+    from av_disentangle.evaluation import EvaluationError, exported, video
 
-    if not args.videos:
-        raise EvaluationError("--task sync needs --videos")
-    paths.check_paths(args)
-    if getattr(args, "sync_csv", None):
-        paths.check_output_file(args.sync_csv, "--sync_csv")
-    offsets = parse_offsets(args.shifts)
-    videos = video.list_videos(args.videos)
-    model = exported.ExportedModel(args.model)
-    model.require("content", "face_content")
-    size = model.face_size(args.face_size)
+    video_files = video.list_videos(videos)
+    loaded = exported.ExportedModel(model)
+    loaded.require("content", "face_content")
+    size = loaded.face_size(face_size)
     rows: list[SyncRow] = []
     skipped: list[tuple[str, str]] = []
-    root = os.path.abspath(args.videos)
-    for path, frames, audio in video.decoded_videos(videos, size[0], args.detect_faces,
-                                                    args.max_seconds, args.strict, skipped,
-                                                    "sync"):
+    root = os.path.abspath(videos)
+    for path, frames, audio in video.decoded_videos(video_files, size[0], detect_faces,
+                                                    max_seconds, strict, skipped, "sync"):
         name = os.path.relpath(os.path.abspath(path), root)
-        rows += measure_video(model, name, frames, audio, vshift=args.max_offset,
-                              applied_offsets=offsets)
-    suffix = video.skip_summary(skipped, len(videos), args.videos)
+        rows += measure_video(loaded, name, frames, audio, vshift=max_offset,
+                              applied_offsets=shifts)
+    suffix = video.skip_summary(skipped, len(video_files), videos)
     if not rows:
-        raise EvaluationError(f"no video under {args.videos} was long enough for the offset "
+        raise EvaluationError(f"no video under {videos} was long enough for the offset "
                               f"search (needs 2 * (--max_offset + max |--shifts|) + "
                               f"{MIN_FACE_FRAMES} frames)")
     summary = summarise(rows)
-    for s in offsets:
+    for s in shifts:
         err = np.array([r.error for r in rows if r.applied_offset == s])
         if err.size:
             logger.info("applied offset %+d: exact %.1f%%  within+-1 %.1f%%  (%d clips)", s,
                         100 * np.mean(err == 0), 100 * np.mean(np.abs(err) <= 1), err.size)
-    print(format_table(rows), flush=True)
-    print(format_summary(summary, args.max_offset) + suffix, flush=True)
-    if getattr(args, "sync_csv", None):
-        write_sync_csv(args.sync_csv, rows)
-    if args.plot_out or args.logdir:
-        png = plot_sync(args.plot_out, rows, args.max_offset)
-        if args.logdir:
-            scalars = {k: summary[k] for k in ("exact", "within1", "min_dist", "confidence",
-                                               "abs_offset")}
-            reports.write_tensorboard(args.logdir, "sync", exported.model_step(args.model),
-                                      scalars, {"offset_curve": png})
-    return summary
+    return SyncResult(rows, summary, max_offset, suffix, exported.model_step(model))
+
+
+def write_sync_outputs(result: SyncResult, *, sync_csv: str | os.PathLike | None = None,
+                       plot_out: str | os.PathLike | None = None,
+                       logdir: str | os.PathLike | None = None) -> None:
+    """Writes what was asked, each file atomically: the per-video CSV, the offset curve (PNG)
+    and a TensorBoard run (the summary scalars and the curve)."""
+    from av_disentangle.evaluation import reports
+
+    if sync_csv:
+        write_sync_csv(sync_csv, result.rows)
+    if plot_out or logdir:
+        png = plot_sync(plot_out, result.rows, result.vshift)
+        if logdir:
+            scalars = {k: result.summary[k] for k in ("exact", "within1", "min_dist",
+                                                      "confidence", "abs_offset")}
+            reports.write_tensorboard(logdir, "sync", result.step, scalars,
+                                      {"offset_curve": png})

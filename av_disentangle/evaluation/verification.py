@@ -8,7 +8,7 @@ the mean cosine over all crop pairs of its two files (`scoring.score_pairs`).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -20,13 +20,12 @@ from tqdm import tqdm
 from av_disentangle.constants import SAMPLE_RATE
 from av_disentangle.evaluation import EvaluationError, baselines
 from av_disentangle.evaluation.exported import ExportedModel, model_step
-from av_disentangle.evaluation.paths import check_paths
 from av_disentangle.evaluation.plots import plot_det
 from av_disentangle.evaluation.reports import write_projector, write_scores, write_tensorboard
-from av_disentangle.evaluation.scoring import (check_both_classes, format_summary,
-                                               l2_normalise, score_pairs)
-from av_disentangle.evaluation.trials import read_trials
+from av_disentangle.evaluation.scoring import check_both_classes, format_summary, score_pairs
+from av_disentangle.evaluation.trials import Trial, read_trials
 from av_disentangle.export import MIN_SAMPLES
+from av_disentangle.verification_metrics import l2_normalise
 from pipelines.media import MediaError, decode_audio_file
 
 logger = logging.getLogger(__name__)
@@ -237,26 +236,62 @@ def embed_files_baseline(kind: str, paths: Sequence[str], audio_root: str | os.P
     return baselines.baseline_table(kind, log_mels)[:, None, :], bad
 
 
-def run_verification(args: argparse.Namespace) -> dict[str, float]:
-    """Verification task; returns the metric logs and prints the summary line.
+@dataclasses.dataclass(frozen=True)
+class VerificationResult:
+    """What `verify` measured.
 
-    Reads from `args` (the `evaluate.py` flags): model (or baseline: a free baseline of
-    `baselines.BASELINES` instead of a model), trials, audio_root, num_crops,
-    crop_seconds, batch_size, score_batch_size, skip_missing, scores_out, plot_out, logdir,
-    projector_out. Order: all paths checked, trials read, model loaded, files embedded, pairs
-    scored, the summary printed, and only then the outputs written (each atomically).
+    Attributes:
+      logs: {"eer", "min_dcf_0.01", "min_dcf_0.05", ...} (`scoring.score_pairs`).
+      trials: the trials scored (after any dropped by `skip_missing`), T of them.
+      scores: (T,) float32 trial scores; labels: (T,) float32, 1 = target.
+      files: the F distinct files embedded; embeddings: (F, N, D) float32 crop embeddings.
+      trials_name: the trial list's file name; run_name: the TensorBoard run's tag
+        (`verification` or `verification_<baseline>`); step: the model's training step
+        (0 for a baseline).
     """
-    if not args.trials or not args.audio_root:
-        raise EvaluationError("--task verification needs --trials and --audio_root")
-    check_paths(args)
-    trials = read_trials(args.trials)
+
+    logs: dict[str, float]
+    trials: list[Trial]
+    scores: np.ndarray
+    labels: np.ndarray
+    files: list[str]
+    embeddings: np.ndarray
+    trials_name: str
+    run_name: str
+    step: int
+
+    @property
+    def summary(self) -> str:
+        """The summary line (EER, minDCF, trial counts)."""
+        return format_summary(self.logs)
+
+
+def verify(trials_path: str | os.PathLike, audio_root: str | os.PathLike, *,
+           model: str | os.PathLike | None = None, baseline: str | None = None,
+           num_crops: int = 10, crop_seconds: float | None = None, batch_size: int = 64,
+           score_batch_size: int = 4096, skip_missing: bool = False) -> VerificationResult:
+    """Speaker verification of the SavedModel `model` (or the free `baseline` of
+    `baselines.BASELINES`) on the trial list `trials_path`, paths relative to `audio_root`.
+
+    Each file gives `num_crops` crops of `crop_seconds` (default: the model's own,
+    `ExportedModel.default_crop_seconds`), `batch_size` crops per model call; a trial's score
+    is the mean cosine over its crop pairs, `score_batch_size` pairs per scoring step.
+    `skip_missing` drops the trials of files that are missing or cannot be used (logged with
+    their names) instead of raising. Nothing is printed or written (`write_verification_outputs`).
+
+    Raises:
+        EvaluationError: naming the file or the problem.
+    """
+    if (model is None) == (baseline is None):
+        raise EvaluationError("verify needs exactly one of model and baseline")
+    trials = read_trials(trials_path)
     distinct = sorted({p for t in trials for p in (t.path1, t.path2)})
-    missing = [p for p in distinct if not os.path.isfile(os.path.join(args.audio_root, p))]
+    missing = [p for p in distinct if not os.path.isfile(os.path.join(audio_root, p))]
     if missing:
-        if not args.skip_missing:
+        if not skip_missing:
             raise EvaluationError(
                 f"{len(missing)} of {len(distinct)} audio files are missing under "
-                f"{args.audio_root}, e.g. {', '.join(missing[:5])} "
+                f"{audio_root}, e.g. {', '.join(missing[:5])} "
                 "(use --skip_missing to drop their trials)")
         gone = set(missing)
         before = len(trials)
@@ -268,18 +303,16 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
         distinct = sorted({p for t in trials for p in (t.path1, t.path2)})
     logger.info("%d trials over %d distinct files", len(trials), len(distinct))
 
-    baseline = getattr(args, "baseline", None)
     if baseline:
         logger.info("free baseline %s of each whole file (evaluation.baselines)", baseline)
-        emb, bad = embed_files_baseline(baseline, distinct, args.audio_root,
-                                        skip_bad=args.skip_missing)
+        emb, bad = embed_files_baseline(baseline, distinct, audio_root, skip_bad=skip_missing)
     else:
-        model = ExportedModel(args.model)
-        model.require("serving_default")
-        crop_seconds = args.crop_seconds or model.default_crop_seconds()
-        logger.info("%d crops of %.3f s per file", args.num_crops, crop_seconds)
-        emb, bad = embed_files(model, distinct, args.audio_root, args.num_crops, crop_seconds,
-                               args.batch_size, skip_bad=args.skip_missing)
+        exported_model = ExportedModel(model)
+        exported_model.require("serving_default")
+        crop_seconds = crop_seconds or exported_model.default_crop_seconds()
+        logger.info("%d crops of %.3f s per file", num_crops, crop_seconds)
+        emb, bad = embed_files(exported_model, distinct, audio_root, num_crops, crop_seconds,
+                               batch_size, skip_bad=skip_missing)
     if bad:
         before = len(trials)
         trials = [t for t in trials if t.path1 not in bad and t.path2 not in bad]
@@ -295,21 +328,31 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
     idx2 = np.array([index[t.path2] for t in trials])
     labels = np.array([t.label for t in trials], dtype=np.float32)
     check_both_classes(labels, "trial list")
-    scores, logs = score_pairs(emb, emb, idx1, idx2, labels, args.score_batch_size)
-    print(format_summary(logs), flush=True)  # before any output file: never lost
+    scores, logs = score_pairs(emb, emb, idx1, idx2, labels, score_batch_size)
+    return VerificationResult(
+        logs=logs, trials=trials, scores=scores, labels=labels, files=distinct,
+        embeddings=emb, trials_name=Path(trials_path).name,
+        run_name=f"verification_{baseline}" if baseline else "verification",
+        step=0 if baseline else model_step(model))
 
-    if args.scores_out:
-        write_scores(args.scores_out, scores, trials)
-    if args.plot_out or args.logdir:
-        png = plot_det(args.plot_out, scores, labels,
-                       title=f"Speaker verification ({Path(args.trials).name}, "
-                             f"{len(trials)} trials): {format_summary(logs)}")
-        if args.logdir:
-            write_tensorboard(args.logdir, f"verification_{baseline}" if baseline
-                              else "verification", 0 if baseline else model_step(args.model),
-                              logs, {"det_curve": png})
-    if args.projector_out:
-        write_projector(args.projector_out, l2_normalise(emb.mean(axis=1)),
-                        ("speaker", "file"), [(Path(p).parts[0], p) for p in distinct],
+
+def write_verification_outputs(result: VerificationResult, *,
+                               scores_out: str | os.PathLike | None = None,
+                               plot_out: str | os.PathLike | None = None,
+                               logdir: str | os.PathLike | None = None,
+                               projector_out: str | os.PathLike | None = None) -> None:
+    """Writes what was asked, each file atomically: the per-trial scores, the DET curve (PNG),
+    a TensorBoard run (metrics and the curve) and the embedding projector (speaker labels)."""
+    if scores_out:
+        write_scores(scores_out, result.scores, result.trials)
+    if plot_out or logdir:
+        png = plot_det(plot_out, result.scores, result.labels,
+                       title=f"Speaker verification ({result.trials_name}, "
+                             f"{len(result.trials)} trials): {result.summary}")
+        if logdir:
+            write_tensorboard(logdir, result.run_name, result.step, result.logs,
+                              {"det_curve": png})
+    if projector_out:
+        write_projector(projector_out, l2_normalise(result.embeddings.mean(axis=1)),
+                        ("speaker", "file"), [(Path(p).parts[0], p) for p in result.files],
                         "speaker_embeddings")
-    return logs

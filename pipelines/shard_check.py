@@ -11,12 +11,13 @@ record was a whole track) must equal the number of records.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
 
 import tensorflow as tf
+
+from av_disentangle.files import read_json
 
 
 def _crc32c_table() -> list[int]:
@@ -97,8 +98,7 @@ def check_shard(path: str, full: bool = False) -> str | None:
     sidecar = sidecar_path(path)
     if tf.io.gfile.exists(sidecar):
         try:
-            with tf.io.gfile.GFile(sidecar) as f:
-                data = json.load(f)
+            data = read_json(sidecar)
             expected = data.get("num_records", data["num_tracks"])  # records: chunks (v2)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return f"its sidecar {os.path.basename(sidecar)} is unreadable ({e})"
