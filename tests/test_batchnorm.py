@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from harness import tiny_model
 from av_disentangle.batchnorm import reestimate_batchnorm, stream_batchnorm_layers
-from av_disentangle.config import LossConfig, ModelConfig
 from av_disentangle.constants import AUDIO, AUDIO_2, FRAMES, SAMPLES_PER_FRAME
-from av_disentangle.model import DisentangleModel
 
 WINDOW = 9
 
@@ -19,7 +18,7 @@ def test_reestimated_statistics_are_those_of_the_final_weights():
     import keras
 
     keras.utils.set_random_seed(0)
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model = tiny_model()
     rng = np.random.default_rng(0)
     batch = {FRAMES: rng.integers(0, 256, (4, WINDOW, 64, 64, 3), dtype=np.uint8),
              AUDIO: (0.1 * rng.normal(size=(4, WINDOW * SAMPLES_PER_FRAME))).astype(np.float32),

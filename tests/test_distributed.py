@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from av_disentangle import compat
-from av_disentangle.config import LossConfig, ModelConfig
-from av_disentangle.model import DisentangleModel
 from av_disentangle.training import TrainConfig, make_optimizer
 from conftest import REPO_ROOT, run_script
+from harness import tiny_model
 
 
 def _free_ports(n: int) -> list[int]:
@@ -32,7 +31,7 @@ def _free_ports(n: int) -> list[int]:
 def _trainable_weights(path) -> list[np.ndarray]:
     """Trainable weights of a tiny DisentangleModel backup. BatchNorm moving statistics are
     left out: like unsynchronised BN on several GPUs, each worker keeps its own."""
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model = tiny_model()
     model.compile(optimizer=make_optimizer(TrainConfig()))  # train.py's optimizer: same variables
     model.optimizer.build(model.trainable_variables)
     model.load_weights(path)
@@ -80,7 +79,7 @@ def test_multiworker_two_processes_finish_with_identical_weights(random_shards, 
 
 def _trainable_weights_of_fresh_model() -> list[np.ndarray]:
     keras.utils.set_random_seed(0)  # train.py's --seed 0
-    return [v.numpy() for v in DisentangleModel(ModelConfig.tiny(), LossConfig())
+    return [v.numpy() for v in tiny_model()
             .trainable_variables]
 
 

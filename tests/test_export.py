@@ -5,15 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from av_disentangle.config import LossConfig, ModelConfig
+from harness import tiny_model
 from av_disentangle.export import SIGNATURES, export_saved_model, next_version_dir
-from av_disentangle.model import DisentangleModel
 from conftest import run_script
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model = tiny_model()
     root = tmp_path_factory.mktemp("export")
     path = export_saved_model(model.face_stream, model.audio_stream, model.model_config,
                               next_version_dir(str(root / "tiny")))
@@ -160,7 +159,7 @@ def test_a_full_disk_during_export_is_one_error_naming_the_folder(tmp_path, monk
                             "on device")
 
     monkeypatch.setattr(export, "build_export_archive", lambda *args: Full())
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model = tiny_model()
     target = str(tmp_path / "m" / "1")
     with pytest.raises(DiskFullError, match=rf"no space left on device writing {target};"):
         export_saved_model(model.face_stream, model.audio_stream, model.model_config, target)
@@ -184,10 +183,10 @@ def test_a_bfloat16_model_is_exported_computing_in_float32(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         keras.utils.set_random_seed(3)
-        mixed = DisentangleModel(ModelConfig.tiny(), LossConfig())
+        mixed = tiny_model()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    plain = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    plain = tiny_model()
     plain.audio_stream.set_weights(mixed.audio_stream.get_weights())
     path = export_saved_model(mixed.face_stream, mixed.audio_stream, mixed.model_config,
                               str(tmp_path / "f32" / "1"))

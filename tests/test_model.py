@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from harness import tiny_model
 from av_disentangle import disentangle, losses
 from av_disentangle.constants import FACE_STEP
 from av_disentangle.config import DISENTANGLE_MODES, LossConfig, ModelConfig
@@ -26,7 +27,7 @@ def _weights(model):
 @pytest.mark.parametrize("mode", DISENTANGLE_MODES)
 def test_one_step_changes_weights_and_keeps_losses_finite(random_shards, mode):
     keras.utils.set_random_seed(0)
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig(disentangle=mode))
+    model = tiny_model(disentangle=mode)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     before = _weights(model)
     history = model.fit(_dataset(random_shards, batch=2), epochs=1, steps_per_epoch=1,
@@ -67,8 +68,8 @@ def _routing_model(mode: str, **loss_kwargs) -> DisentangleModel:
     backprop), hence its TF-level flag is cleared too (TF 2.21; if that private flag ever goes,
     this only gets slower)."""
     keras.utils.set_random_seed(0)
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig(
-        disentangle=mode, face_identity_pooling="mean", **loss_kwargs))
+    model = tiny_model(
+        disentangle=mode, face_identity_pooling="mean", **loss_kwargs)
     conv1 = model.face_stream.get_layer("face_conv1")
     conv1.trainable = False
     for variable in conv1.weights:
@@ -274,8 +275,8 @@ def test_compute_losses_returns_the_formulas_of_each_mode(mode):
     """The mode objects compute what the if/elif over modes computed (its formulas, kept here),
     to float32 rounding, with weights that make every term count."""
     keras.utils.set_random_seed(0)
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig(
-        disentangle=mode, symmetric_identity=True, identity_weight=0.7, disentangle_weight=0.3))
+    model = tiny_model(
+        disentangle=mode, symmetric_identity=True, identity_weight=0.7, disentangle_weight=0.3)
     batch = _random_batch()
     result = model.compute_losses(batch, training=False)
     assert isinstance(result, Losses) and set(result.values) == set(LOSS_NAMES + ACCURACY_NAMES)
@@ -298,7 +299,7 @@ def _one_step_update(policy: str, batch) -> tuple[dict, list[np.ndarray]]:
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)
-        model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+        model = tiny_model()
         model.compile(optimizer=make_optimizer(
             TrainConfig(optimizer="sgd", learning_rate=0.05)))
         compat.build_optimizer(model)
@@ -353,7 +354,7 @@ def test_a_float16_step_wraps_the_optimizer_in_loss_scaling_and_stays_finite():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         keras.utils.set_random_seed(0)
-        model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+        model = tiny_model()
         model.compile(optimizer=make_optimizer(
             TrainConfig(optimizer="sgd", learning_rate=0.05)))
         compat.build_optimizer(model)

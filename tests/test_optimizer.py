@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from harness import tiny_model
 from av_disentangle import flags
-from av_disentangle.config import LossConfig, ModelConfig
-from av_disentangle.model import DisentangleModel
 from av_disentangle.training import TrainConfig, current_learning_rate, make_optimizer
 
 
@@ -68,7 +67,7 @@ def test_weight_decay_reaches_every_trainable_variable():
     kernels and biases, BatchNorm gammas/betas and the similarity scales/biases (the reference's
     LossScale wI, bI, wC, bC are among those parameters). With a zero gradient one SGD step
     multiplies each by (1 - lr * wd); BN moving statistics (not trainable) are untouched."""
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig(disentangle="adversarial"))
+    model = tiny_model(disentangle="adversarial")
     optimizer = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1,
                                            weight_decay=0.01))
     variables = model.trainable_variables

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from harness import run_train, tiny_model
 from av_disentangle import convert, run
 from av_disentangle.config import (LEGACY_MODEL_VALUES, REFERENCE_LEARNING_RATE, LossConfig,
                                    ModelConfig, to_dict)
@@ -88,13 +89,13 @@ def test_train_py_starts_a_self_supervised_run_from_the_checkpoint(checkpoint, t
         assert not np.array_equal(trained[key], state[key]), key  # and it did train
 
 
-def test_a_wrong_init_from_checkpoint_stops_train_py_in_one_line(tmp_path):
+def test_a_wrong_init_from_checkpoint_stops_train_py_in_one_line(tmp_path, capsys):
     bad = tmp_path / "partial.npz"
     np.savez(bad, **{"__S__.netcnnaud.0.weight": np.zeros((96, 1, 5, 7), np.float32)})
-    result = run_script(["train.py", "--init_from", str(bad), "--model_size",
-                         "syncnet_trainer", "--model_dir", str(tmp_path / "run")])
-    assert result.returncode == 2
-    line = result.stderr.strip().splitlines()[-1]
+    code, _, err = run_train(["--init_from", str(bad), "--model_size", "syncnet_trainer",
+                              "--model_dir", str(tmp_path / "run")], capsys)
+    assert code == 2
+    line = err.strip().splitlines()[-1]
     assert line.startswith("train.py: error: --init_from") and str(bad) in line, line
     assert "not a syncnet_trainer checkpoint" in line and "__S__.netcnnlip.0.weight" in line
     assert not (tmp_path / "run" / "config.json").exists()
@@ -164,7 +165,7 @@ def test_configs_saved_before_the_new_fields_keep_what_they_were_built_with():
 
 def test_face_identity_is_one_step_for_the_whole_batch():
     """The reference draws one `ri` for the batch (SyncNetDist.py train_network)."""
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model = tiny_model()
     steps = tf.reshape(tf.range(2 * 4 * 3, dtype=tf.float32), (2, 4, 3))
     picked = model._face_identity(steps, training=True, face_step=tf.constant(2))
     np.testing.assert_array_equal(picked.numpy(), steps.numpy()[:, 2])

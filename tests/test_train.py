@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from harness import run_train, tiny_model
 from av_disentangle import flags
 from conftest import REPO_ROOT, run_script
 
@@ -205,21 +206,21 @@ def test_mirrored_strategy_over_two_cpu_replicas(random_shards, tmp_path):
     assert losses and all(np.isfinite(losses))
 
 
-def test_bad_inputs_give_clear_errors(tmp_path):
-    missing = run_script(["train.py", "--train_data", str(tmp_path / "none-*.tfrecord"),
-                          "--model_dir", str(tmp_path / "run")])
-    assert missing.returncode == 2
-    assert "no TFRecord files match" in missing.stderr and "Traceback" not in missing.stderr
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    code, _, err = run_train(["--train_data", str(tmp_path / "none-*.tfrecord"),
+                              "--model_dir", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert "no TFRecord files match" in err and "Traceback" not in err
     (tmp_path / "empty.tfrecord").write_bytes(b"")
-    empty = run_script(["train.py", "--train_data", str(tmp_path / "*.tfrecord"),
-                        "--model_dir", str(tmp_path / "run")])
-    assert empty.returncode == 2 and "are empty" in empty.stderr
-    bad_choice = run_script(["train.py", "--disentangle", "fancy"])
-    assert bad_choice.returncode == 2 and "invalid choice: 'fancy'" in bad_choice.stderr
+    code, _, err = run_train(["--train_data", str(tmp_path / "*.tfrecord"),
+                              "--model_dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "are empty" in err
+    code, _, err = run_train(["--disentangle", "fancy"], capsys)
+    assert code == 2 and "invalid choice: 'fancy'" in err
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"epochs": 1, "no_such_flag": 3}))
-    bad_config = run_script(["train.py", "--config", str(config)])
-    assert bad_config.returncode == 2 and "unknown keys ['no_such_flag']" in bad_config.stderr
+    code, _, err = run_train(["--config", str(config)], capsys)
+    assert code == 2 and "unknown keys ['no_such_flag']" in err
 
 
 def test_config_file_values_are_checked_as_flags(tmp_path, capsys):
@@ -242,7 +243,7 @@ def test_config_file_values_are_checked_as_flags(tmp_path, capsys):
     assert (args.epochs, args.learning_rate, args.no_export) == (3, 0.5, True)
 
 
-def test_unusable_model_dir_and_bad_shards_are_one_line_errors(random_shards, tmp_path):
+def test_unusable_model_dir_and_bad_shards_are_one_line_errors(random_shards, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     data = tmp_path / "data"
@@ -256,11 +257,11 @@ def test_unusable_model_dir_and_bad_shards_are_one_line_errors(random_shards, tm
     common = ["--train_data", str(data / "*.tfrecord"), *TINY]
     for model_dir, message in [(blocker / "run", f"cannot create --model_dir {blocker / 'run'}"),
                                (tmp_path / "run", f"--train_data shard {truncated} is truncated")]:
-        result = run_script(["train.py", "--model_dir", str(model_dir), *common])
-        assert result.returncode == 2, result.stderr[-3000:]
-        error = result.stderr.strip().splitlines()[-1]
-        assert error.startswith(f"train.py: error: {message}"), result.stderr[-3000:]
-        assert "Traceback" not in result.stderr
+        code, _, err = run_train(["--model_dir", str(model_dir), *common], capsys)
+        assert code == 2, err[-3000:]
+        error = err.strip().splitlines()[-1]
+        assert error.startswith(f"train.py: error: {message}"), err[-3000:]
+        assert "Traceback" not in err
     assert not (tmp_path / "run" / "config.json").exists()  # nothing written before the checks
 
 
@@ -490,18 +491,18 @@ def test_flags_load_without_tensorflow():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_an_unusable_export_location_is_found_before_training(random_shards, tmp_path):
+def test_an_unusable_export_location_is_found_before_training(random_shards, tmp_path, capsys):
     """An unwritable --export_dir was found only after training (a NotFoundError traceback).
     (The tests run as root, whom permissions do not stop: the location here is below a
     file.)"""
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     model_dir = tmp_path / "run"
-    result = run_script(["train.py", "--model_dir", str(model_dir), "--train_data",
-                         random_shards, *TINY, "--epochs", "1", "--steps_per_epoch", "1",
-                         "--export_dir", str(blocker / "exports" / "1")])
-    assert result.returncode == 2, result.stderr[-2000:]
-    line = result.stderr.strip().splitlines()[-1]
+    code, _, err = run_train(["--model_dir", str(model_dir), "--train_data", random_shards,
+                              *TINY, "--epochs", "1", "--steps_per_epoch", "1",
+                              "--export_dir", str(blocker / "exports" / "1")], capsys)
+    assert code == 2, err[-2000:]
+    line = err.strip().splitlines()[-1]
     assert line == (f"train.py: error: cannot export to {blocker / 'exports' / '1'} "
                     f"(--export_dir): {blocker} is not a folder"), line
     assert not (model_dir / "backup").exists()  # nothing trained
@@ -510,10 +511,8 @@ def test_an_unusable_export_location_is_found_before_training(random_shards, tmp
 def test_a_failed_export_is_not_remembered(tmp_path, monkeypatch):
     """export.json used to keep a failed target, so a later plain rerun exported there."""
     from av_disentangle import checkpoints, run
-    from av_disentangle.config import LossConfig, ModelConfig
-    from av_disentangle.model import DisentangleModel
 
-    model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+    model = tiny_model()
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
 

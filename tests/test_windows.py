@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from av_disentangle.config import LossConfig, ModelConfig
+from harness import tiny_model
 from av_disentangle.evaluation import EvaluationError
 from av_disentangle.evaluation.exported import ExportedModel
 from av_disentangle.evaluation.scoring import score_pairs
@@ -15,7 +15,6 @@ from av_disentangle.evaluation.verification import crop_waveform
 from av_disentangle.evaluation.windows import (WindowEmbedder, track_trials, track_windows,
                                                verify_tables)
 from av_disentangle.export import export_saved_model
-from av_disentangle.model import DisentangleModel
 
 WINDOW = 25
 
@@ -39,7 +38,7 @@ def bf16_model():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         keras.utils.set_random_seed(0)
-        model = DisentangleModel(ModelConfig.tiny(), LossConfig())
+        model = tiny_model()
     finally:
         keras.mixed_precision.set_global_policy(policy)
     return model
