@@ -169,8 +169,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def check_state(state: Mapping[str, np.ndarray], config: ModelConfig,
                 path: str = "checkpoint") -> None:
     """ConvertError (one line) naming every missing, unexpected or mis-shaped key, and a front
-    end that is not the reference's (`features.mel_filterbank`, `features.hann_window`)."""
-    from av_disentangle.features import hann_window, mel_filterbank
+    end that is not the reference's (`melscale.mel_filterbank`, `melscale.hann_window`)."""
+    from av_disentangle.melscale import hann_window, mel_filterbank
 
     want = expected_shapes(config)
     ignored = set(_FRONT_END_BUFFERS) | {k for k in state if k.endswith("num_batches_tracked")}

@@ -34,8 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from av_disentangle.constants import MEL_HOP_SAMPLES, SAMPLE_RATE
-from av_disentangle.melscale import (FFT_LENGTH, WINDOW_SAMPLES, hann_window,  # noqa: F401
-                                     hz_to_mel, mel_filterbank, mel_to_hz)
+from av_disentangle.melscale import FFT_LENGTH, WINDOW_SAMPLES, hann_window, mel_filterbank
 INT16_SCALE = 32768.0  # [-1, 1] -> int16 values, the scale the reference computes at
 LOG_FLOOR = 1e-6  # the reference's `MelSpectrogram(x) + 1e-6` before the log
 INSTANCE_NORM_EPS = 1e-5  # torch.nn.InstanceNorm1d's default

@@ -28,7 +28,7 @@ import tensorflow as tf
 from av_disentangle import compat, convert
 from av_disentangle.config import REFERENCE_LEARNING_RATE, LossConfig, ModelConfig, TrainConfig
 from av_disentangle.constants import AUDIO, FACE_STEP, FRAMES
-from av_disentangle.features import hann_window, mel_filterbank
+from av_disentangle.melscale import hann_window, mel_filterbank
 from av_disentangle.model import DisentangleModel
 from av_disentangle.training import make_optimizer
 
