@@ -135,6 +135,13 @@ def check_paths(args: argparse.Namespace) -> None:
                       logdir=args.logdir, projector_out=args.projector_out)
 
 
+def check_video_task(args: argparse.Namespace) -> None:
+    """A video task (`sync`, `crossmodal`) has its --videos and its paths are usable."""
+    if not args.videos:
+        raise EvaluationError(f"--task {args.task} needs --videos")
+    check_paths(args)
+
+
 def run_verification(args: argparse.Namespace) -> dict[str, float]:
     if not args.trials or not args.audio_root:
         raise EvaluationError("--task verification needs --trials and --audio_root")
@@ -153,9 +160,7 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run_sync(args: argparse.Namespace) -> dict[str, float]:
-    if not args.videos:
-        raise EvaluationError("--task sync needs --videos")
-    check_paths(args)
+    check_video_task(args)
     from av_disentangle.evaluation import sync
 
     result = sync.sync_videos(args.model, args.videos, shifts=sync.parse_offsets(args.shifts),
@@ -170,9 +175,7 @@ def run_sync(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run_crossmodal(args: argparse.Namespace) -> dict[str, float]:
-    if not args.videos:
-        raise EvaluationError("--task crossmodal needs --videos")
-    check_paths(args)
+    check_video_task(args)
     from av_disentangle.evaluation import crossmodal
 
     result = crossmodal.crossmodal_videos(
