@@ -30,30 +30,30 @@ from unittest import mock
 import numpy as np
 
 from av_disentangle import constants, files
-from pipelines import prepare
+from pipelines import prepare, sources
 from pipelines.input import InputConfig, record_batches
 from pipelines.input_stats import input_statistics
 
 TINY_FRAMES = 2  # frames per simulated track; statistics use window_frames=TINY_FRAMES
 
 
-def simulated_specs(identities: int, videos: int, tracks: int) -> list[prepare.ClipSpec]:
+def simulated_specs(identities: int, videos: int, tracks: int) -> list[sources.ClipSpec]:
     """`identities` x `videos` x `tracks` clips named like VoxCeleb2 (id-sorted listing)."""
-    return [prepare.ClipSpec(path=f"sim/id{i:05d}/v{i:05d}_{v:03d}/{t:05d}.mp4",
+    return [sources.ClipSpec(path=f"sim/id{i:05d}/v{i:05d}_{v:03d}/{t:05d}.mp4",
                              track_id=f"id{i:05d}/v{i:05d}_{v:03d}/{t:05d}",
                              video_id=f"v{i:05d}_{v:03d}", identity=f"id{i:05d}",
                              source="voxceleb2", detect=False)
             for i in range(identities) for v in range(videos) for t in range(tracks)]
 
 
-def _tiny_clip(spec: prepare.ClipSpec, config: prepare.PrepareConfig,
+def _tiny_clip(spec: sources.ClipSpec, config: prepare.PrepareConfig,
                threads: int = 0) -> prepare.ClipResult:
     frames = np.zeros((TINY_FRAMES, config.face_size, config.face_size, 3), np.uint8)
     audio = np.zeros(TINY_FRAMES * constants.SAMPLES_PER_FRAME, np.int16)
     return prepare.ClipResult(spec, frames=frames, audio=audio)
 
 
-def write_layout(specs: list[prepare.ClipSpec], output_dir: str | os.PathLike,
+def write_layout(specs: list[sources.ClipSpec], output_dir: str | os.PathLike,
                  shard_seed: int | None, tracks_per_shard: int = 64) -> list[str]:
     """Runs `prepare.prepare` on `specs` with clip decoding stubbed out (tiny black tracks).
 

@@ -82,11 +82,10 @@ from av_disentangle.logs import setup_logging
 from pipelines import faces as faces_lib
 from pipelines import media, shards
 from pipelines.shards import shard_name, sidecar_name
+from pipelines.sources import ClipSpec, bundled_sample_specs, list_videos, list_voxceleb2
 
 log = logging.getLogger("pipelines.prepare")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SAMPLES_DIR = REPO_ROOT / "data" / "samples"
 FORMAT_VERSION = 2
 """Version of the prepared data (records + sidecars + manifest). 1: one record per track;
 2: long tracks stored as chunks (`--chunk_seconds`), `num_records` in sidecars/manifest."""
@@ -144,29 +143,6 @@ class PrepareConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipSpec:
-    """One input file and what to do with it.
-
-    Attributes:
-      path: the video file.
-      track_id, video_id, identity: metadata written with the track.
-      source: `voxceleb2` or `videos` (recorded in the manifest).
-      av_offset_frames: offset to apply (VoxCeleb2 txt `Offset`).
-      detect: True to detect/track/crop the face, False to resize whole frames.
-      warnings: notes found while listing (e.g. a missing txt).
-    """
-
-    path: str
-    track_id: str
-    video_id: str = ""
-    identity: str = ""
-    source: str = "videos"
-    av_offset_frames: int = 0
-    detect: bool = True
-    warnings: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
 class ClipResult:
     """What a worker returns: either frames+audio or a skip reason.
 
@@ -201,72 +177,6 @@ class PrepareSummary:
     shard_paths: tuple[str, ...]
     complete: bool
     seconds: float
-
-
-# === Listing inputs ===
-
-def parse_voxceleb_txt(path: str | os.PathLike) -> dict[str, str]:
-    """Reads the `Key : value` header of a VoxCeleb txt (Identity, Reference, Offset, ...)."""
-    header = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                break  # the FRAME table follows the first blank line
-            if ":" in line:
-                key, value = line.split(":", 1)
-                header[key.strip()] = value.strip().split()[0] if value.strip() else ""
-    return header
-
-
-def list_voxceleb2(input_dir: str | os.PathLike) -> list[ClipSpec]:
-    """Lists `mp4/<id>/<video>/<utt>.mp4` files with offsets and identities from their txt."""
-    root = pathlib.Path(input_dir)
-    mp4_root = root / "mp4" if (root / "mp4").is_dir() else root
-    txt_roots = [r for r in (root / "txt", mp4_root.parent / "txt") if r.is_dir()]
-    specs = []
-    for path in sorted(mp4_root.rglob("*.mp4")):
-        rel = path.relative_to(mp4_root).with_suffix("")
-        parts = rel.parts
-        identity = parts[0] if len(parts) >= 2 else ""
-        video_id = parts[-2] if len(parts) >= 2 else ""
-        warnings = []
-        candidates = [r / rel.with_suffix(".txt") for r in txt_roots] + [path.with_suffix(".txt")]
-        txt = next((c for c in candidates if c.is_file()), None)
-        offset = 0
-        if txt is None:
-            warnings.append("missing txt: offset 0 assumed, identity from folder name")
-        else:
-            try:
-                header = parse_voxceleb_txt(txt)
-                offset = int(header["Offset"])
-                identity = header.get("Identity") or identity
-            except (KeyError, ValueError, OSError) as e:
-                warnings.append(f"unreadable txt {txt} ({e!r}): offset 0 assumed")
-                offset = 0
-        specs.append(ClipSpec(path=str(path), track_id=rel.as_posix(), video_id=video_id,
-                              identity=identity, source="voxceleb2", av_offset_frames=offset,
-                              detect=False, warnings=tuple(warnings)))
-    return specs
-
-
-def list_videos(input_dir: str | os.PathLike, detect: bool = True,
-                prefix: str = "") -> list[ClipSpec]:
-    """Lists video files (recursive). track_id = `prefix` + relative path without extension."""
-    root = pathlib.Path(input_dir)
-    paths = files.list_files(root, VIDEO_EXTENSIONS)
-    stems = collections.Counter(p.relative_to(root).with_suffix("").as_posix() for p in paths)
-    specs = []
-    for path in paths:
-        rel = path.relative_to(root)
-        track_id = rel.with_suffix("").as_posix()
-        if stems[track_id] > 1:  # a.mp4 and a.avi side by side
-            track_id = rel.as_posix()
-        identity = rel.parent.name if rel.parent.parts else root.name
-        specs.append(ClipSpec(path=str(path), track_id=prefix + track_id,
-                              video_id=prefix + track_id, identity=identity, source="videos",
-                              detect=detect))
-    return specs
 
 
 # === Worker (no TensorFlow here) ===
@@ -624,15 +534,6 @@ def prepare(specs: Sequence[ClipSpec], output_dir: str | os.PathLike,
 def _iter_skipped(out: pathlib.Path) -> Iterator[dict]:
     report = _read_json(out / "report.json") or {}
     yield from report.get("skipped", [])
-
-
-def bundled_sample_specs() -> list[ClipSpec]:
-    """The bundled sample clips: pcavs_vox2 mp4 (crops, no detection) + GRID mpg (detection)."""
-    pcavs = [s for s in list_videos(SAMPLES_DIR / "pcavs_vox2", detect=False,
-                                    prefix="pcavs_vox2/") if s.path.endswith(".mp4")]
-    grid = [s for s in list_videos(SAMPLES_DIR / "grid", detect=True, prefix="grid/")
-            if s.path.endswith(".mpg")]
-    return pcavs + grid
 
 
 def prepare_bundled_samples(output_dir: str | os.PathLike, face_size: int = 112,

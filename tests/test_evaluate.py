@@ -318,7 +318,7 @@ def test_face_clips_read_as_prepare_reads_them(tmp_path, monkeypatch):
     prepare's own output for the same file, and a non-square video is centre-cropped, not
     stretched."""
     from conftest import write_mp4
-    from pipelines import faces, media, prepare
+    from pipelines import faces, media, prepare, sources
 
     calls = []
     real_decode = media.decode_clip
@@ -334,7 +334,7 @@ def test_face_clips_read_as_prepare_reads_them(tmp_path, monkeypatch):
     assert got.shape == (30, 16, 16, 3) and audio.shape == (30 * 640,)
     assert got[:, 2:-2, 2:-2].min() > 200
     assert calls and calls[-1][1]["max_side"] is None
-    expected = prepare.process_clip(prepare.ClipSpec(str(clip), "wide", detect=False),
+    expected = prepare.process_clip(sources.ClipSpec(str(clip), "wide", detect=False),
                                     prepare.PrepareConfig(face_size=16, min_frames=1))
     np.testing.assert_array_equal(got, expected.frames)
     np.testing.assert_array_equal(audio, expected.audio.astype(np.float32) / 32768.0)
@@ -343,7 +343,7 @@ def test_face_clips_read_as_prepare_reads_them(tmp_path, monkeypatch):
     frames, audio = video.load_face_clip(grid, FACE, detect_faces=True, max_seconds=1.0)
     assert frames.shape == (25, FACE, FACE, 3) and audio.shape == (25 * 640,)
     assert calls[-1][1]["max_side"] == prepare.PrepareConfig().max_side
-    whole = prepare.process_clip(prepare.ClipSpec(str(grid), "grid", detect=True),
+    whole = prepare.process_clip(sources.ClipSpec(str(grid), "grid", detect=True),
                                  prepare.PrepareConfig(face_size=FACE, min_frames=1))
     np.testing.assert_array_equal(frames, whole.frames[:25])  # tracked, as prepare crops it
     boxes = faces.track_face(media.decode_clip(grid).frames[:10])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from pipelines import media, prepare, records
+from pipelines import media, prepare, records, sources
 from pipelines.shards import SHARD_PATTERN, shard_name
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -114,9 +114,9 @@ def test_timestamp_quirk_00086():
 
 
 def test_prepare_round_trip_real_clips(tmp_path):
-    specs = ([prepare.ClipSpec(str(p), f"pcavs/{p.stem}", identity=p.parent.name, detect=False)
+    specs = ([sources.ClipSpec(str(p), f"pcavs/{p.stem}", identity=p.parent.name, detect=False)
               for p in PCAVS] +
-             [prepare.ClipSpec(str(p), f"grid/{p.stem}", identity=p.parent.name, detect=True)
+             [sources.ClipSpec(str(p), f"grid/{p.stem}", identity=p.parent.name, detect=True)
               for p in GRID])
     summary = prepare.prepare(specs, tmp_path, FAST, progress=False)
     assert summary.complete and summary.tracks_written == 4 and summary.shards_total == 2
@@ -205,7 +205,7 @@ def test_voxceleb2_missing_txt_is_a_warning(tmp_path):
     root = tmp_path / "vox2"
     make_clip(root / "mp4/id00002/vidB/00003.mp4", seconds=2.0)
     out = tmp_path / "out"
-    summary = prepare.prepare(prepare.list_voxceleb2(root), out, FAST, progress=False)
+    summary = prepare.prepare(sources.list_voxceleb2(root), out, FAST, progress=False)
     assert summary.tracks_written == 1 and summary.files_skipped == 0
     report = json.loads((out / "report.json").read_text())
     assert len(report["warnings"]) == 1 and "missing txt" in report["warnings"][0]["message"]
@@ -252,7 +252,7 @@ def test_resume_skips_finished_shards_and_ignores_temp(tmp_path):
     data = tmp_path / "in"
     for i in range(3):
         make_clip(data / "spk" / f"clip{i}.mp4", seconds=1.2 + 0.2 * i)
-    specs = prepare.list_videos(data, detect=False)
+    specs = sources.list_videos(data, detect=False)
     config = prepare.PrepareConfig(face_size=64, min_frames=25, tracks_per_shard=1)
     out = tmp_path / "out"
     first = prepare.prepare(specs, out, config, progress=False)
@@ -291,7 +291,7 @@ def test_split_jobs_share_one_folder(tmp_path):
     data = tmp_path / "in"
     for i in range(3):
         make_clip(data / f"clip{i}.mp4", seconds=1.2)
-    specs = prepare.list_videos(data, detect=False)
+    specs = sources.list_videos(data, detect=False)
     config = prepare.PrepareConfig(face_size=32, min_frames=25, tracks_per_shard=1)
     out = tmp_path / "out"
     a = prepare.prepare(specs, out, config, num_jobs=2, job_index=0, progress=False)
@@ -312,7 +312,7 @@ def test_a_rerun_with_another_shard_plan_leaves_one_shard_set(tmp_path):
     data = tmp_path / "in"
     for i in range(3):
         make_clip(data / f"clip{i}.mp4", seconds=1.2)
-    specs = prepare.list_videos(data, detect=False)
+    specs = sources.list_videos(data, detect=False)
     out = tmp_path / "out"
     config = prepare.PrepareConfig(face_size=64, min_frames=25, tracks_per_shard=1)
     prepare.prepare(specs, out, config, progress=False)
@@ -342,7 +342,7 @@ def test_a_rerun_with_another_shard_plan_leaves_one_shard_set(tmp_path):
 
 def test_no_face_is_skipped(tmp_path):
     path = make_clip(tmp_path / "in" / "blank.mp4", seconds=2.5)
-    result = prepare.process_clip(prepare.ClipSpec(str(path), "blank", detect=True), FAST)
+    result = prepare.process_clip(sources.ClipSpec(str(path), "blank", detect=True), FAST)
     assert result.skip_reason == "no_face" and result.frames is None
 
 

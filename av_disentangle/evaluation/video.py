@@ -22,7 +22,7 @@ from tqdm import tqdm
 from av_disentangle import files
 from av_disentangle.constants import SAMPLES_PER_FRAME, VIDEO_EXTENSIONS, VIDEO_FPS
 from av_disentangle.evaluation import EvaluationError
-from pipelines import prepare
+from pipelines import prepare, sources
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def load_face_clip(path: str | os.PathLike, face_size: int, detect_faces: bool,
     Raises:
         EvaluationError: naming the file and the reason (unreadable, no audio, no face, ...).
     """
-    spec = prepare.ClipSpec(path=str(path), track_id=Path(path).name, detect=detect_faces,
+    spec = sources.ClipSpec(path=str(path), track_id=Path(path).name, detect=detect_faces,
                             av_offset_frames=av_offset_frames)
     result = prepare.process_clip(spec, prepare.PrepareConfig(face_size=face_size, min_frames=1))
     if result.skip_reason is not None:
