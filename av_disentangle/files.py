@@ -229,17 +229,21 @@ def write_json_atomic(path: PathLike, obj: Any, *, indent: int = 2,
     write_atomic_with(path, write, fault=fault)
 
 
-def read_json(path: PathLike, *, missing_ok: bool = False) -> dict[str, Any] | None:
+def read_json(path: PathLike, *, missing_ok: bool = False,
+              unreadable_ok: bool = False) -> dict[str, Any] | None:
     """The JSON object in `path`, local or remote (through `tf.io.gfile`, imported only then).
 
     The one reader of the JSON files written as state (configs, manifests, sidecars, records of
     a run); callers word the error for their flag or file.
 
     Returns:
-      The object; None if `missing_ok` and there is no file at `path`.
+      The object; None if `missing_ok` and there is no file at `path`, or if `unreadable_ok`
+      and it cannot be read, is not JSON or is not a JSON object (a file that is only
+      consulted, or rewritten when it does not hold what is needed).
     Raises:
       FileNotFoundError: no file at `path` (unless `missing_ok`).
-      ValueError: "PATH: ..." when it cannot be read, is not JSON, or is not a JSON object.
+      ValueError: "PATH: ..." when it cannot be read, is not JSON, or is not a JSON object
+        (unless `unreadable_ok`).
     """
     path = str(path)
     if is_remote(path):
@@ -256,8 +260,12 @@ def read_json(path: PathLike, *, missing_ok: bool = False) -> dict[str, Any] | N
         with _open(path, "r") as f:
             value = json.load(f)
     except errors as e:
+        if unreadable_ok:
+            return None
         raise ValueError(f"{path}: {getattr(e, 'message', None) or e}") from e
     if not isinstance(value, dict):
+        if unreadable_ok:
+            return None
         raise ValueError(f"{path}: not a JSON object")
     return value
 

@@ -162,7 +162,6 @@ def check_export_target(run: Any, model_dir: str) -> None:
 
 def default_train_data(face_size: int) -> str:
     """Prepares the bundled sample videos on first use; returns their TFRecord glob."""
-
     out = os.path.join(REPO_ROOT, "data", "prepared", f"samples_{face_size}")
     log.info("preparing the bundled sample videos into %s (first use only)", out)
     shards = prepare_bundled_samples(out, face_size=face_size, workers=os.cpu_count() or 1)
@@ -174,7 +173,6 @@ def default_train_data(face_size: int) -> str:
 def checked_shards(pattern: str, flag: str, skip_bad: bool, full: bool) -> str:
     """Validates the shards of `pattern`; returns the pattern to train on (comma-separated
     good files when bad ones are skipped). ValueError naming a bad file."""
-
     found = list_shards(pattern)
     check_one_copy_of_each_track(found)
     bad = check_shards(found, full=full)
@@ -200,7 +198,6 @@ def load_supervised(settings: Settings):
     """`--objective supervised`: (the LabelledAudio with the label budget drawn and the audio
     decoded, the `--init_from` source checked against this model config or None). Raises
     ValueError / UserError with a one-line message; writes nothing."""
-
     config = settings.supervised
     if not config.labelled_audio:
         raise ValueError("--objective supervised needs --labelled_audio (a folder "
@@ -280,7 +277,6 @@ def prepare(settings: Settings) -> Plan:
         val_files = run.val_data and checked_shards(run.val_data, "--val_data",
                                                     run.skip_bad_shards, run.full_shard_check)
         if not run.allow_upsampling:
-
             for pattern in (train_files, val_files or None):
                 if pattern:
                     check_stored_face_size(list_shards(pattern), settings.model.face_size)
@@ -292,7 +288,6 @@ def prepare(settings: Settings) -> Plan:
 def check_data_service(address: str) -> None:
     """A tf.data service dispatcher answers at `address` (DataServiceError, one line, if
     not); logs its workers, and warns when none has registered yet (training would wait)."""
-
     workers = check_dispatcher(address)
     if workers:
         log.info("tf.data service at %s: %d worker(s) (%s)", address, len(workers),
@@ -320,11 +315,9 @@ def build(settings: Settings, plan: Plan) -> tuple[tf.distribute.Strategy, keras
              "gathered across replicas" if settings.loss.gather_negatives else "per replica")
     with strategy.scope():
         if plan.labelled is not None:
-
             model = build_supervised_model(settings.model, settings.supervised,
                                            plan.labelled.num_classes, plan.init_source)
         else:
-
             model = DisentangleModel(settings.model, settings.loss)
             if plan.init_source is not None:
                 load_streams(model.face_stream, model.audio_stream, plan.init_source, model)
@@ -339,12 +332,10 @@ def dataset_maker(settings: Settings, plan: Plan, pattern: str | None,
     draws a new deterministic sequence of windows (seed + start step) instead of replaying the
     windows the first steps already trained on. With `data_service` (a dispatcher address) the
     same pipeline runs on the tf.data service's workers (`pipelines.data_service`)."""
-
     train = settings.train
 
     def dataset(step: int) -> tf.data.Dataset:
         if plan.labelled is not None:
-
             return shard_by_data(make_labelled_dataset(
                 plan.labelled, batch_size=train.batch_tracks,
                 crop_seconds=settings.supervised.crop_seconds, seed=train.seed + step))
@@ -354,7 +345,6 @@ def dataset_maker(settings: Settings, plan: Plan, pattern: str | None,
                              all_chunks_per_pass=settings.run.all_chunks_per_pass,
                              allow_upsampling=settings.run.allow_upsampling)
         if data_service:
-
             return distribute(make_dataset(config), data_service,
                               dataset_key(config, absolute(settings.run.model_dir)))
         return make_dataset(config)
@@ -410,7 +400,6 @@ def make_callbacks(model_dir: str, backup: checkpoints.CrashSafeBackup, *, chief
                    profile_steps: tuple[int, int] | None) -> list[keras.callbacks.Callback]:
     """NaN stop, per-epoch checkpoints and TensorBoard scalars (chief), and the backup, last:
     an epoch's checkpoint and logs are written before its backup."""
-
     callbacks = [StopOnNonFinite()]
     if chief:
         callbacks += [checkpoints.EpochCheckpoint(os.path.join(model_dir, "checkpoints")),
@@ -428,7 +417,6 @@ def fit(model: keras.Model, make_train_dataset: Callable[[int], tf.data.Dataset]
     (UserError naming the shard, found by checking `shard_patterns`), a NaN/Inf loss
     (NonFiniteLoss), and training input (`train_pattern`) that runs out (UserError).
     Returns the step reached."""
-
     try:
         with warnings.catch_warnings():
             # Keras only warns when the input runs out; the check below says it as an error.
@@ -475,7 +463,6 @@ def export(model: keras.Model, model_config: ModelConfig, *, model_dir: str, ste
     already exported are not exported again, and an export a kill interrupted is finished in
     the folder it was given. `export_dir` None: `<export_root>/<export_name>/<next version>`.
     """
-
     record = checkpoints.read_export_record(model_dir)
     wanted = absolute(export_dir) if export_dir else None
     target = None

@@ -129,14 +129,6 @@ def list_shards(file_pattern: str) -> list[str]:
     return files
 
 
-def _read_json(path: str) -> dict | None:
-    """A manifest or sidecar if readable, else None (the checks here only use what is there)."""
-    try:
-        return read_json(path, missing_ok=True)
-    except ValueError:
-        return None
-
-
 def check_prepared_format(files: Sequence[str]) -> None:
     """Raises ValueError naming the first shard written by `pipelines.prepare` with another
     data format version (`pipelines.prepare.FORMAT_VERSION`).
@@ -152,7 +144,8 @@ def check_prepared_format(files: Sequence[str]) -> None:
     for f in files:
         by_dir[os.path.dirname(f)].append(f)
     for folder, paths in sorted(by_dir.items()):
-        manifest = _read_json(os.path.join(folder, "manifest.json")) or {}
+        manifest = read_json(os.path.join(folder, "manifest.json"),
+                             missing_ok=True, unreadable_ok=True) or {}
         listed = set()
         if "format_version" in manifest:
             listed = {s if isinstance(s, str) else s["file"] for s in manifest.get("shards", [])}
@@ -164,7 +157,7 @@ def check_prepared_format(files: Sequence[str]) -> None:
             else:
                 sidecar_path = (path[: -len(".tfrecord")] if path.endswith(".tfrecord")
                                 else path) + ".json"
-                sidecar = _read_json(sidecar_path)
+                sidecar = read_json(sidecar_path, missing_ok=True, unreadable_ok=True)
                 if sidecar is None or "fingerprint" not in sidecar:
                     continue
                 version, source = sidecar.get("format_version", 1), sidecar_path
@@ -196,7 +189,8 @@ def check_one_copy_of_each_track(files: Sequence[str]) -> None:
                 "folder again (it removes the other set) or narrow the glob")
     seen: dict[str, str] = {}
     for folder, paths in sorted(by_dir.items()):
-        manifest = _read_json(os.path.join(folder, "manifest.json")) or {}
+        manifest = read_json(os.path.join(folder, "manifest.json"),
+                             missing_ok=True, unreadable_ok=True) or {}
         matched = {os.path.basename(p) for p in paths}
         for track in manifest.get("tracks", []):
             if not isinstance(track, dict) or track.get("shard") not in matched:

@@ -279,17 +279,10 @@ def _fingerprint(specs: Sequence[ClipSpec], config: PrepareConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _read_json(path: pathlib.Path) -> dict | None:
-    """A sidecar, report or manifest if readable, else None (then it is rewritten)."""
-    try:
-        return files.read_json(path, missing_ok=True)
-    except ValueError:
-        return None
-
-
 def _shard_finished(output_dir: pathlib.Path, index: int, total: int, fingerprint: str) -> bool:
     final = output_dir / shard_name(index, total)
-    sidecar = _read_json(_sidecar_path(output_dir, index, total))
+    sidecar = files.read_json(_sidecar_path(output_dir, index, total),
+                              missing_ok=True, unreadable_ok=True)
     if final.is_file() and sidecar is not None and sidecar.get("format_version",
                                                                 1) != FORMAT_VERSION:
         log.warning("%s was prepared with data format version %s; writing it again as version "
@@ -370,7 +363,7 @@ def merge_reports(output_dir: str | os.PathLike, shard_fingerprints: dict[int, s
     out = pathlib.Path(output_dir)
     sidecars = []
     for path in sorted(out.glob("shard-*-of-*.json")):
-        sc = _read_json(path)
+        sc = files.read_json(path, missing_ok=True, unreadable_ok=True)
         if sc is None or not (out / sc.get("shard", "")).is_file():
             continue
         sidecars.append(sc)
@@ -532,7 +525,7 @@ def prepare(specs: Sequence[ClipSpec], output_dir: str | os.PathLike,
 
 
 def _iter_skipped(out: pathlib.Path) -> Iterator[dict]:
-    report = _read_json(out / "report.json") or {}
+    report = files.read_json(out / "report.json", missing_ok=True, unreadable_ok=True) or {}
     yield from report.get("skipped", [])
 
 
@@ -551,7 +544,8 @@ def prepare_bundled_samples(output_dir: str | os.PathLike, face_size: int = 112,
     config = PrepareConfig(face_size=face_size, min_frames=min_frames,
                            tracks_per_shard=tracks_per_shard)
     prepare(bundled_sample_specs(), output_dir, config, workers=workers, progress=False)
-    manifest = _read_json(pathlib.Path(output_dir) / "manifest.json") or {}
+    manifest = files.read_json(pathlib.Path(output_dir) / "manifest.json",
+                               missing_ok=True, unreadable_ok=True) or {}
     return sorted(str(pathlib.Path(output_dir) / s["file"]) for s in manifest.get("shards", [])
                   if s["num_tracks"] > 0)
 
