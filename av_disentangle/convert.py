@@ -49,7 +49,7 @@ from av_disentangle.errors import UserError, run_cli
 
 log = logging.getLogger(__name__)
 
-KINDS = ("syncnet_trainer",)
+KINDS = ("syncnet_trainer", "syncnet_python")
 CHECKPOINT_ENDINGS = (".model", ".pt", ".pth", ".npz")
 """File endings `--init_from` reads as a reference checkpoint."""
 
@@ -337,7 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m av_disentangle.convert",
         description="Convert a reference checkpoint into a SavedModel with this project's "
                     "serving signatures (evaluate.py, TF Serving, train.py --init_from).")
-    p.add_argument("kind", choices=KINDS, help="whose checkpoint: joonson/syncnet_trainer")
+    p.add_argument("kind", choices=KINDS,
+                   help="whose checkpoint: joonson/syncnet_trainer (a model of this project's "
+                        "architecture), or joonson/syncnet_python (its published "
+                        "syncnet_v2.model, for LSE-D / LSE-C: evaluate.py --task sync "
+                        "--syncnet DIR)")
     p.add_argument("checkpoint", help="its .model file (SyncNet.state_dict(); needs torch), "
                                       "or the same state dict as .npz")
     p.add_argument("--export_dir", required=True,
@@ -366,6 +370,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise ConvertError(f"cannot write into {parent} (--export_dir): permission denied")
     if args.temporal_stride < 1:
         raise ConvertError(f"--temporal_stride must be >= 1, got {args.temporal_stride}")
+    if args.kind == "syncnet_python":
+        return _convert_syncnet_python(args)
     with native_stderr_silenced():
         from av_disentangle.export import export_saved_model
 
@@ -377,6 +383,29 @@ def _main(argv: Sequence[str] | None = None) -> int:
                        args.export_dir, extra_json={"converted_from.json": provenance})
     print(f"wrote {args.export_dir} ({model.model_config.embedding_dim}-d embeddings, "
           f"temporal stride {args.temporal_stride}) from {args.checkpoint}", flush=True)
+    return 0
+
+
+def _convert_syncnet_python(args: argparse.Namespace) -> int:
+    """syncnet_python's `SyncNetModel.S` state dict -> a SavedModel with `lip_embedding` and
+    `audio_embedding` (`av_disentangle.syncnet_v2`)."""
+    from av_disentangle.logs import native_stderr_silenced
+
+    with native_stderr_silenced():
+        from av_disentangle import syncnet_v2
+
+    state = read_state_dict(args.checkpoint)
+    lip, audio = syncnet_v2.build_models(state, str(args.checkpoint))
+    digest = sha256_file(args.checkpoint)
+    provenance = {"converted_from": "joonson/syncnet_python",
+                  "checkpoint": os.path.abspath(args.checkpoint), "sha256": digest,
+                  "published_syncnet_v2": digest == syncnet_v2.PUBLISHED_SHA256}
+    syncnet_v2.export_syncnet(lip, audio, args.export_dir, provenance)
+    note = ("the published syncnet_v2.model" if provenance["published_syncnet_v2"] else
+            "NOT the published syncnet_v2.model (its SHA-256 differs): LSE numbers from it "
+            "are not comparable with papers")
+    print(f"wrote {args.export_dir} (SyncNet lip_embedding / audio_embedding, "
+          f"{lip.output_shape[-1]}-d) from {args.checkpoint}: {note}", flush=True)
     return 0
 
 

@@ -177,7 +177,7 @@ def next_version_dir(export_root: str) -> str:
     return os.path.join(export_root, str(max(versions, default=0) + 1))
 
 
-def _move_folder(tmp_dir: str, export_dir: str) -> None:
+def move_folder(tmp_dir: str, export_dir: str) -> None:
     """Moves the finished export in `tmp_dir` to `export_dir`.
 
     One `tf.io.gfile.rename` of the folder where the file system moves a folder with its files
@@ -253,6 +253,6 @@ def export_saved_model(face_stream: keras.Model, audio_stream: keras.Model,
         if tf.io.gfile.exists(tmp_dir):  # the half-written export would only take space
             tf.io.gfile.rmtree(tmp_dir)
         raise DiskFullError(export_dir) from err
-    _move_folder(tmp_dir, export_dir)  # a half-written export never looks complete
+    move_folder(tmp_dir, export_dir)  # a half-written export never looks complete
     log.info("exported SavedModel to %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir

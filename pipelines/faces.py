@@ -189,6 +189,34 @@ def crop_faces(frames: np.ndarray, config: FaceConfig = FaceConfig()) -> np.ndar
                      for f, b in zip(frames, boxes)])
 
 
+def crop_syncnet(frames: np.ndarray, boxes: np.ndarray, crop_scale: float = 0.4,
+                 size: int = 224) -> np.ndarray:
+    """Face crops with joonson/syncnet_python's `run_pipeline.py` `crop_video` geometry.
+
+    Its box half-size bs and centre (x, y); the frame padded by int(bs * (1 + 2 cs)) pixels of
+    value 110; rows [y - bs, y + bs (1 + 2 cs)), columns [x - bs (1 + cs), x + bs (1 + cs)):
+    a square of side 2 bs (1 + cs) reaching further below the centre (mouth and chin), resized
+    with `cv2.resize` (bilinear) to `size`. Its detector is S3FD and it median-filters the
+    boxes over 13 frames; here the boxes come from `track_face` (Haar, smoothed).
+
+    Args:
+      frames: (F, H, W, 3) uint8; boxes: (F, 3) centre x, centre y, side (`track_face`).
+    Returns:
+      (F, size, size, 3) uint8.
+    """
+    crops = []
+    for frame, (cx, cy, side) in zip(frames, boxes):
+        bs = side / 2.0
+        bsi = int(bs * (1 + 2 * crop_scale))
+        padded = np.pad(frame, ((bsi, bsi), (bsi, bsi), (0, 0)), "constant",
+                        constant_values=110)
+        my, mx = cy + bsi, cx + bsi
+        face = padded[int(my - bs):int(my + bs * (1 + 2 * crop_scale)),
+                      int(mx - bs * (1 + crop_scale)):int(mx + bs * (1 + crop_scale))]
+        crops.append(cv2.resize(face, (size, size)))
+    return np.stack(crops)
+
+
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """Resizes already-cropped face frames (centre square crop first if not square).
 

@@ -2,6 +2,7 @@
 
     python evaluate.py --model saved_models/<name>/<version> --trials LIST --audio_root DIR
     python evaluate.py --task sync --model ... --videos DIR [--sync_csv FILE]
+    python evaluate.py --task sync --syncnet DIR --videos DIR --sync_csv FILE   # LSE-D / LSE-C
     python evaluate.py --task crossmodal --model ... --videos DIR [--identities CSV]
     python evaluate.py --baseline mfcc --trials LIST --audio_root DIR   # a free baseline
     python evaluate.py --make_trials ROOT --trials_out FILE [--content_controlled]
@@ -65,13 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "prepare does for VoxCeleb2 / --no_detect")
     g.add_argument("--max_offset", type=int, default=15,
                    help="sync: offsets searched, +-frames (SyncNet's vshift)")
-    g.add_argument("--shifts", default="0,5,-7",
+    g.add_argument("--shifts", default=None,
                    help="sync: AV offsets (frames) applied on purpose to each video, SyncNet's "
-                        "sign (+ = audio leads); 0 = the video as it is")
+                        "sign (+ = audio leads); 0 = the video as it is (default 0,5,-7; not "
+                        "with --syncnet, which measures the videos as they are)")
+    g.add_argument("--syncnet", metavar="DIR",
+                   help="sync: LSE-D / LSE-C with syncnet_python's published SyncNet converted "
+                        "to DIR (python -m av_disentangle.convert syncnet_python "
+                        "syncnet_v2.model --export_dir DIR), instead of --model; videos are "
+                        "face crops as its pycrop/ output, or --detect_faces cuts them with its "
+                        "crop geometry")
+    g.add_argument("--crop_scale", type=float, default=0.4,
+                   help="sync --syncnet --detect_faces: syncnet_python's crop_scale")
+    g.add_argument("--batch_windows", type=int, default=20,
+                   help="sync --syncnet: windows per model call (its --batch_size)")
     g.add_argument("--sync_csv", help="sync: write the per-video table (CSV: video, "
                                       "applied_offset, av_offset, error, min_dist, confidence)")
-    g.add_argument("--max_seconds", type=float, default=10.0,
-                   help="use at most this much of each video")
+    g.add_argument("--max_seconds", type=float, default=None,
+                   help="use at most this much of each video (default 10 s; with --syncnet, "
+                        "all of it, as syncnet_python)")
     g.add_argument("--identities", help="crossmodal: CSV 'path,identity' or a manifest TSV "
                                         "(default: the folder layout)")
     g.add_argument("--segments_per_clip", type=int, default=2)
@@ -159,13 +172,37 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
     return result.logs
 
 
+def run_lse(args: argparse.Namespace) -> dict[str, float]:
+    """`--task sync --syncnet DIR`: syncnet_python's LSE-D / LSE-C per video and their means."""
+    if args.model:
+        raise EvaluationError("--syncnet replaces --model (give one of them)")
+    if args.shifts is not None:
+        raise EvaluationError("--shifts is not used with --syncnet: LSE-D / LSE-C measure the "
+                              "videos as they are")
+    check_video_task(args)
+    from av_disentangle.evaluation import lse
+
+    result = lse.lse_videos(args.syncnet, args.videos, vshift=args.max_offset,
+                            batch_size=args.batch_windows, detect_faces=args.detect_faces,
+                            crop_scale=args.crop_scale, max_seconds=args.max_seconds,
+                            strict=args.strict)
+    print(lse.format_table(result), flush=True)
+    print(result.summary_line, flush=True)
+    lse.write_lse_outputs(result, sync_csv=args.sync_csv)
+    return result.means
+
+
 def run_sync(args: argparse.Namespace) -> dict[str, float]:
+    if args.syncnet:
+        return run_lse(args)
     check_video_task(args)
     from av_disentangle.evaluation import sync
 
-    result = sync.sync_videos(args.model, args.videos, shifts=sync.parse_offsets(args.shifts),
+    result = sync.sync_videos(args.model, args.videos,
+                              shifts=sync.parse_offsets(args.shifts or "0,5,-7"),
                               max_offset=args.max_offset, face_size=args.face_size,
-                              detect_faces=args.detect_faces, max_seconds=args.max_seconds,
+                              detect_faces=args.detect_faces,
+                              max_seconds=10.0 if args.max_seconds is None else args.max_seconds,
                               strict=args.strict)
     print(sync.format_table(result.rows), flush=True)
     print(result.summary_line, flush=True)
@@ -180,7 +217,8 @@ def run_crossmodal(args: argparse.Namespace) -> dict[str, float]:
 
     result = crossmodal.crossmodal_videos(
         args.model, args.videos, identities=args.identities, face_size=args.face_size,
-        detect_faces=args.detect_faces, max_seconds=args.max_seconds, strict=args.strict,
+        detect_faces=args.detect_faces,
+        max_seconds=10.0 if args.max_seconds is None else args.max_seconds, strict=args.strict,
         segments_per_clip=args.segments_per_clip, segment_seconds=args.segment_seconds,
         forced_choice=args.forced_choice, max_pairs=args.max_pairs, seed=args.seed,
         score_batch_size=args.score_batch_size)
@@ -207,8 +245,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.baseline:
         if args.model or args.task != "verification":
             raise EvaluationError("--baseline replaces --model, for --task verification only")
+    elif args.syncnet:
+        if args.task != "sync":
+            raise EvaluationError("--syncnet is for --task sync (LSE-D / LSE-C)")
     elif not args.model:
-        raise EvaluationError("--model is required (or --baseline for verification)")
+        raise EvaluationError("--model is required (or --baseline for verification, or "
+                              "--syncnet for LSE-D / LSE-C)")
     if args.content_controlled:
         raise EvaluationError("--content_controlled is an option of --make_trials")
     return TASKS[args.task](args)

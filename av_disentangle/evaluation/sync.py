@@ -98,12 +98,14 @@ def sync_measures(dists: np.ndarray) -> SyncMeasures:
                         mean_dists=mdist)
 
 
-def syncnet_distances(face: np.ndarray, audio: np.ndarray, vshift: int) -> np.ndarray:
+def syncnet_distances(face: np.ndarray, audio: np.ndarray, vshift: int, eps: float = 0.0
+                      ) -> np.ndarray:
     """SyncNet's `calc_pdist` (SyncNetInstance.py lines 19-31) on given features.
 
     The audio features are zero-padded by vshift steps at both ends and face step i is
     compared with padded audio steps i .. i + 2 * vshift, i.e. audio step i + j - vshift.
-    Euclidean distance of the raw features, as `pairwise_distance` (without its 1e-6 eps).
+    Euclidean distance of the raw features, as `pairwise_distance`; `eps` is added to the
+    difference before the norm, as `pairwise_distance` does with its 1e-6 (`lse.py` passes it).
 
     Args:
         face: (T, D); audio: (T, D).
@@ -116,7 +118,7 @@ def syncnet_distances(face: np.ndarray, audio: np.ndarray, vshift: int) -> np.nd
     t = face.shape[0]
     padded = np.pad(audio, ((vshift, vshift), (0, 0)))
     windows = np.stack([padded[j:j + t] for j in range(2 * vshift + 1)])  # (K, T, D)
-    return np.linalg.norm(face[None] - windows, axis=-1)
+    return np.linalg.norm(face[None] - windows + eps, axis=-1)
 
 
 def offset_distances(model: ContentModel, frames: np.ndarray, audio: np.ndarray,
