@@ -9,6 +9,8 @@ Examples:
       --audio_root data/samples/librispeech_subset --plot_out runs/eval/det.png
   python evaluate.py --task sync --model saved_models/av_disentangle/1 \\
       --videos data/samples/pcavs_vox2
+  python evaluate.py --task sync --syncnet saved_models/syncnet_v2/1 \\
+      --videos data/samples/pcavs_vox2 --sync_csv runs/eval/lse.csv   # LSE-D / LSE-C
 """
 
 import sys

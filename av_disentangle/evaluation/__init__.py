@@ -11,7 +11,8 @@ module per concept:
 - `windows`: a Keras model evaluated in memory on track windows and crops with the same
   crops, pooling and scorer as the export (the benchmarks' path); `probes`: linear / MLP probes.
 - `video`: face clips read exactly as `pipelines.prepare` reads them (`load_face_clip`).
-- `sync`, `crossmodal`: the audio-visual sync and face-voice identity protocols.
+- `sync`, `crossmodal`: the audio-visual sync and face-voice identity protocols; `lse`:
+  LSE-D / LSE-C with syncnet_python's converted SyncNet (its `SyncNetInstance.evaluate`).
 - `plots`: DET curve and figure writing; `reports`: TensorBoard, projector, score files.
 - `paths`: input/output checks before any work, atomic writes; `cli`: the `evaluate.py` flags.
 """
