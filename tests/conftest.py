@@ -36,6 +36,21 @@ def write_random_shard(path: str, num_tracks: int, face_size: int = 32, min_fram
 
 
 @pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """(model, export_dir): the tiny model (`harness.tiny_model()`) exported once per test
+    process to `<tmp>/av_disentangle/1` (TF Serving's layout), shared read-only by the export
+    and serving tests; `harness.assert_export_matches_keras` checks it."""
+    from harness import tiny_model
+
+    from av_disentangle.export import export_saved_model, next_version_dir
+
+    model = tiny_model()
+    root = tmp_path_factory.mktemp("tiny_export") / "av_disentangle"
+    return model, export_saved_model(model.face_stream, model.audio_stream, model.model_config,
+                                     next_version_dir(str(root)))
+
+
+@pytest.fixture(scope="session")
 def random_shards(tmp_path_factory) -> str:
     """Glob of 2 shards x 6 random tracks, 64x64 faces (the tiny/small models'), 30..45 frames."""
     root = tmp_path_factory.mktemp("random_shards")

@@ -5,43 +5,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import tiny_model
-from av_disentangle.export import SIGNATURES, export_saved_model, next_version_dir
+from harness import assert_export_matches_keras, tiny_model
+from av_disentangle.export import export_saved_model
 from conftest import run_script
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = tiny_model()
-    root = tmp_path_factory.mktemp("export")
-    path = export_saved_model(model.face_stream, model.audio_stream, model.model_config,
-                              next_version_dir(str(root / "tiny")))
-    return model, path
+def exported(tiny_export):
+    return tiny_export
 
 
 def test_export_round_trip_matches_keras(exported):
     model, path = exported
-    assert path.endswith("/tiny/1")
-    loaded = tf.saved_model.load(path)
-    assert set(SIGNATURES) <= set(loaded.signatures)
-    rng = np.random.default_rng(0)
-    wave = (0.1 * rng.normal(size=(2, 25 * 640))).astype(np.float32)
-    size = model.model_config.face_size
-    frames = rng.integers(0, 256, (2, 25, size, size, 3), dtype=np.uint8)
-    sr = tf.constant(16000)
-    keras_audio = model.audio_stream(wave, training=False)
-    keras_face = model.face_stream(frames, training=False)
-    emb = loaded.signatures["serving_default"](waveform=wave, sample_rate=sr)["embedding"]
-    expected = tf.math.l2_normalize(tf.reduce_mean(keras_audio["identity"], 1), -1)
-    np.testing.assert_allclose(emb, expected, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
-    content = loaded.signatures["content"](waveform=wave, sample_rate=sr)["content"]
-    np.testing.assert_allclose(content, keras_audio["content"], atol=1e-5)
-    face_emb = loaded.signatures["embed_face"](frames=frames)["embedding"]
-    np.testing.assert_allclose(
-        face_emb, tf.math.l2_normalize(tf.reduce_mean(keras_face["identity"], 1), -1), atol=1e-5)
-    face_content = loaded.signatures["face_content"](frames=frames)["content"]
-    assert face_content.shape == content.shape
+    assert path.endswith("/av_disentangle/1")
+    assert_export_matches_keras(model, path)
 
 
 def test_serving_signature_rejects_bad_input_clearly(exported):

@@ -7,19 +7,14 @@ import tensorflow as tf
 from tensorflow.python.tools import saved_model_utils
 from tensorflow_serving.apis import predict_pb2
 
-from harness import tiny_model
 from av_disentangle import losses
-from av_disentangle.export import export_saved_model
 from av_disentangle.streams import IDENTITY
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(model, export_dir) of a tiny model."""
-    model = tiny_model()
-    path = str(tmp_path_factory.mktemp("serving") / "av_disentangle" / "1")
-    return model, export_saved_model(model.face_stream, model.audio_stream, model.model_config,
-                                     path)
+def exported(tiny_export):
+    """(model, export_dir) of a tiny model (the session's shared export)."""
+    return tiny_export
 
 
 def _request(signature_name: str, inputs: dict) -> predict_pb2.PredictRequest:
