@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip_missing", action="store_true",
                    help="drop the trials of audio files that are missing, cannot be decoded "
                         "or decode to NaN/Inf samples (reported by name) instead of failing")
+    g.add_argument("--score_norm", choices=("none", "asnorm"), default="none",
+                   help="asnorm: adaptive symmetric score normalisation against --cohort "
+                        "(wespeaker's AS-norm; the raw metrics are printed beside)")
+    g.add_argument("--cohort", help="--score_norm: folder <speaker>/.../<utt>.<ext> of cohort "
+                                    "speakers, not in the trials (e.g. training speakers)")
+    g.add_argument("--top_k", type=int, default=300,
+                   help="--score_norm asnorm: cohort scores kept per file (wespeaker's top_n)")
+    g.add_argument("--cohort_cache", help="--score_norm: .npz caching the cohort's speaker "
+                                          "vectors; reused when model, crops and files match")
     g.add_argument("--scores_out", help="write 'score label path1 path2' per trial")
     g.add_argument("--plot_out", help="PNG: DET curve and score histograms (verification, "
                                       "crossmodal) or the offset curve (sync)")
@@ -159,12 +168,18 @@ def run_verification(args: argparse.Namespace) -> dict[str, float]:
     if not args.trials or not args.audio_root:
         raise EvaluationError("--task verification needs --trials and --audio_root")
     check_paths(args)
+    if args.score_norm == "none" and (args.cohort or args.cohort_cache):
+        raise EvaluationError("--cohort / --cohort_cache are for --score_norm asnorm")
+    if args.cohort_cache:
+        paths.check_output_file(args.cohort_cache, "--cohort_cache")
     from av_disentangle.evaluation import verification  # loads TensorFlow: after the checks
 
     result = verification.verify(
         args.trials, args.audio_root, model=args.model, baseline=args.baseline,
         num_crops=args.num_crops, crop_seconds=args.crop_seconds, batch_size=args.batch_size,
-        score_batch_size=args.score_batch_size, skip_missing=args.skip_missing)
+        score_batch_size=args.score_batch_size, skip_missing=args.skip_missing,
+        score_norm=args.score_norm, cohort=args.cohort, top_k=args.top_k,
+        cohort_cache=args.cohort_cache)
     print(result.summary, flush=True)  # before any output file: never lost
     verification.write_verification_outputs(result, scores_out=args.scores_out,
                                             plot_out=args.plot_out, logdir=args.logdir,

@@ -64,6 +64,12 @@ def score_pairs(table1: np.ndarray, table2: np.ndarray, idx1: np.ndarray, idx2: 
 
 
 def format_summary(logs: dict[str, float]) -> str:
-    """`EER x.xx%  minDCF(0.01) y.yyy  minDCF(0.05) z.zzz`."""
-    return (f"EER {100 * logs['eer']:.2f}%  minDCF(0.01) {logs['min_dcf_0.01']:.3f}  "
+    """`EER x.xx%  minDCF(0.01) y.yyy  minDCF(0.05) z.zzz`, and with AS-norm (`raw_*` logs)
+    `(AS-norm, top k of C cohort speakers; raw: EER ...)`."""
+    line = (f"EER {100 * logs['eer']:.2f}%  minDCF(0.01) {logs['min_dcf_0.01']:.3f}  "
             f"minDCF(0.05) {logs['min_dcf_0.05']:.3f}")
+    if "raw_eer" in logs:
+        line += (f"  (AS-norm, top {int(logs['top_k'])} of {int(logs['cohort_speakers'])} "
+                 f"cohort speakers; raw: EER {100 * logs['raw_eer']:.2f}%  minDCF(0.01) "
+                 f"{logs['raw_min_dcf_0.01']:.3f}  minDCF(0.05) {logs['raw_min_dcf_0.05']:.3f})")
+    return line

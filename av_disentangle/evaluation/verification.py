@@ -19,13 +19,15 @@ from tqdm import tqdm
 
 from av_disentangle.constants import SAMPLE_RATE
 from av_disentangle.evaluation import EvaluationError, baselines
+from av_disentangle.evaluation import score_norm as score_norm_lib
 from av_disentangle.evaluation.exported import ExportedModel, model_step
 from av_disentangle.evaluation.plots import plot_det
 from av_disentangle.evaluation.reports import write_projector, write_scores, write_tensorboard
-from av_disentangle.evaluation.scoring import check_both_classes, format_summary, score_pairs
+from av_disentangle.evaluation.scoring import (P_TARGETS, check_both_classes, format_summary,
+                                               score_pairs)
 from av_disentangle.evaluation.trials import Trial, read_trials
 from av_disentangle.export import MIN_SAMPLES
-from av_disentangle.verification_metrics import l2_normalise
+from av_disentangle.verification_metrics import compute_eer, compute_min_dcf, l2_normalise
 from pipelines.media import MediaError, decode_audio_file
 
 logger = logging.getLogger(__name__)
@@ -269,7 +271,10 @@ class VerificationResult:
 def verify(trials_path: str | os.PathLike, audio_root: str | os.PathLike, *,
            model: str | os.PathLike | None = None, baseline: str | None = None,
            num_crops: int = 10, crop_seconds: float | None = None, batch_size: int = 64,
-           score_batch_size: int = 4096, skip_missing: bool = False) -> VerificationResult:
+           score_batch_size: int = 4096, skip_missing: bool = False,
+           score_norm: str = "none", cohort: str | os.PathLike | None = None,
+           top_k: int = 300, cohort_cache: str | os.PathLike | None = None
+           ) -> VerificationResult:
     """Speaker verification of the SavedModel `model` (or the free `baseline` of
     `baselines.BASELINES`) on the trial list `trials_path`, paths relative to `audio_root`.
 
@@ -278,12 +283,27 @@ def verify(trials_path: str | os.PathLike, audio_root: str | os.PathLike, *,
     is the mean cosine over its crop pairs, `score_batch_size` pairs per scoring step.
     `skip_missing` drops the trials of files that are missing or cannot be used (logged with
     their names) instead of raising. Nothing is printed or written (`write_verification_outputs`).
+    `score_norm="asnorm"`: the scores are AS-normalised (`score_norm`) against the speakers of
+    the `cohort` folder (`<speaker>/<utt>`, embedded the same way, cached in `cohort_cache`
+    if given), keeping each file's `top_k` cohort scores; the metrics are of the normalised
+    scores, and `logs` also holds the raw ones (`raw_eer`, `raw_min_dcf_0.01`, ...).
 
     Raises:
         EvaluationError: naming the file or the problem.
     """
     if (model is None) == (baseline is None):
         raise EvaluationError("verify needs exactly one of model and baseline")
+    if score_norm not in score_norm_lib.METHODS:
+        raise EvaluationError(f"--score_norm must be one of {score_norm_lib.METHODS}")
+    if score_norm == "asnorm":
+        if not cohort:
+            raise EvaluationError("--score_norm asnorm needs --cohort (a <speaker>/<utt> folder "
+                                  "of speakers not in the trials)")
+        if baseline and baseline.endswith("_z"):
+            raise EvaluationError(f"--score_norm asnorm with --baseline {baseline}: its z-scoring "
+                                  "uses the trial files' statistics, which a cohort does not "
+                                  f"share; use --baseline {baseline[:-2]}")
+        cohort_paths, cohort_speakers = score_norm_lib.cohort_files(cohort)
     trials = read_trials(trials_path)
     distinct = sorted({p for t in trials for p in (t.path1, t.path2)})
     missing = [p for p in distinct if not os.path.isfile(os.path.join(audio_root, p))]
@@ -305,14 +325,24 @@ def verify(trials_path: str | os.PathLike, audio_root: str | os.PathLike, *,
 
     if baseline:
         logger.info("free baseline %s of each whole file (evaluation.baselines)", baseline)
-        emb, bad = embed_files_baseline(baseline, distinct, audio_root, skip_bad=skip_missing)
+
+        def embed(paths, root, skip_bad):
+            return embed_files_baseline(baseline, paths, root, skip_bad=skip_bad)
+        made_by = {"baseline": baseline}
     else:
         exported_model = ExportedModel(model)
         exported_model.require("serving_default")
         crop_seconds = crop_seconds or exported_model.default_crop_seconds()
         logger.info("%d crops of %.3f s per file", num_crops, crop_seconds)
-        emb, bad = embed_files(exported_model, distinct, audio_root, num_crops, crop_seconds,
-                               batch_size, skip_bad=skip_missing)
+
+        def embed(paths, root, skip_bad):
+            return embed_files(exported_model, paths, root, num_crops, crop_seconds,
+                               batch_size, skip_bad=skip_bad)
+        pb = Path(model) / "saved_model.pb"
+        made_by = {"model": os.path.abspath(model), "num_crops": num_crops,
+                   "crop_seconds": crop_seconds,
+                   "saved_model": [pb.stat().st_size, pb.stat().st_mtime_ns]}
+    emb, bad = embed(distinct, audio_root, skip_missing)
     if bad:
         before = len(trials)
         trials = [t for t in trials if t.path1 not in bad and t.path2 not in bad]
@@ -329,11 +359,48 @@ def verify(trials_path: str | os.PathLike, audio_root: str | os.PathLike, *,
     labels = np.array([t.label for t in trials], dtype=np.float32)
     check_both_classes(labels, "trial list")
     scores, logs = score_pairs(emb, emb, idx1, idx2, labels, score_batch_size)
+    if score_norm == "asnorm":
+        what = {**made_by, "cohort": os.path.abspath(cohort), "files": cohort_paths}
+        scores, logs = _as_normalised(scores, logs, labels, emb, idx1, idx2, embed, what,
+                                      cohort, cohort_paths, cohort_speakers, top_k,
+                                      cohort_cache)
     return VerificationResult(
         logs=logs, trials=trials, scores=scores, labels=labels, files=distinct,
         embeddings=emb, trials_name=Path(trials_path).name,
         run_name=f"verification_{baseline}" if baseline else "verification",
         step=0 if baseline else model_step(model))
+
+
+def _as_normalised(scores, logs, labels, emb, idx1, idx2, embed, what, cohort, cohort_paths,
+                   cohort_speakers, top_k, cohort_cache):
+    """(AS-normalised scores, their metrics + the raw ones as raw_*)."""
+    key = score_norm_lib.fingerprint(what)
+    made = score_norm_lib.load_cached(cohort_cache, key) if cohort_cache else None
+    if made is None:
+        cohort_emb, bad = embed(cohort_paths, cohort, True)
+        if bad:
+            logger.warning("cohort: %d of %d files could not be used and were left out: %s",
+                           len(bad), len(cohort_paths), "; ".join(list(bad.values())[:3]))
+        kept = [s for p, s in zip(cohort_paths, cohort_speakers) if p not in bad]
+        vectors, names = score_norm_lib.cohort_vectors(cohort_emb, kept)
+        made = score_norm_lib.Cohort(vectors, names, key)
+        if cohort_cache:
+            score_norm_lib.save_cache(cohort_cache, made)
+    mean, std = score_norm_lib.top_k_stats(score_norm_lib.file_vectors(emb), made.vectors,
+                                           top_k)
+    normed = score_norm_lib.as_norm(scores, idx1, idx2, mean, std)
+    new_logs = {k: v for k, v in logs.items() if k not in ("eer", "min_dcf_0.01",
+                                                           "min_dcf_0.05")}
+    for prefix, values in (("raw_", scores), ("", normed)):  # both by the same numpy metrics
+        new_logs[f"{prefix}eer"] = compute_eer(values, labels)[0]
+        for p in P_TARGETS:
+            new_logs[f"{prefix}min_dcf_{p}"] = compute_min_dcf(values, labels, p_target=p)[0]
+    new_logs["cohort_speakers"] = float(len(made.speakers))
+    new_logs["top_k"] = float(min(top_k, len(made.speakers)))
+    logger.info("AS-norm: %d cohort speakers, top %d; EER %.2f%% -> %.2f%%",
+                len(made.speakers), int(new_logs["top_k"]), 100 * new_logs["raw_eer"],
+                100 * new_logs["eer"])
+    return normed, new_logs
 
 
 def write_verification_outputs(result: VerificationResult, *,
